@@ -1,0 +1,20 @@
+import pytest
+
+from tests.toy import preprocess, train, write_toy_corpus
+
+
+@pytest.fixture(scope="session")
+def toy_data_bin(tmp_path_factory):
+    """A tiny synthetic parallel corpus (src -> tgt), binarised with a joined dictionary."""
+    root = tmp_path_factory.mktemp("toy")
+    text = write_toy_corpus(root / "text")
+    return preprocess(text, root / "data-bin")
+
+
+@pytest.fixture(scope="session")
+def toy_ls_checkpoint(toy_data_bin, tmp_path_factory):
+    """A checkpoint of the tiny transformer trained a few updates with fairseq's label smoothing."""
+    save_dir = tmp_path_factory.mktemp("toy-ls-ckpt")
+    train(toy_data_bin, save_dir, ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
+          max_update=20)
+    return save_dir / "checkpoint_best.pt"

@@ -1,0 +1,93 @@
+"""The patched fairseq 0.12.2 environment: install, import, the CLI round trip, checkpoint safety."""
+import argparse
+import dataclasses
+import pickle
+import re
+import subprocess
+
+import pytest
+import torch
+
+from tests.toy import REPO_ROOT, run_cli
+
+
+def test_setup_env_is_a_no_op_when_nothing_changed():
+    proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "", f"setup_env.sh rebuilt something on a second run:\n{proc.stdout}"
+
+
+def test_run_tests_fails_when_no_test_is_collected():
+    proc = subprocess.run(["bash", "scripts/run_tests.sh", "-k", "no_test_has_this_name",
+                           "tests/test_environment.py"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "collected no tests" in proc.stderr
+
+
+def test_patched_fairseq_imports_with_nested_configs_as_factories():
+    import fairseq
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.dataclass.initialize import hydra_init
+    from fairseq.models.transformer.transformer_config import TransformerConfig
+
+    assert fairseq.__version__ == "0.12.2"
+    common = FairseqConfig.__dataclass_fields__["common"]
+    assert common.default_factory is not dataclasses.MISSING
+    assert TransformerConfig().encoder is not TransformerConfig().encoder  # not a shared default
+    hydra_init()  # reads the factories; raised on the unpatched sources
+
+
+def test_fairseq_cython_extensions_are_built():
+    from fairseq import libbleu  # noqa: F401
+    from fairseq.data import data_utils_fast, token_block_utils_fast  # noqa: F401
+
+
+def test_preprocess_train_generate_round_trip(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    assert (toy_data_bin / "dict.src.txt").exists() and (toy_data_bin / "train.src-tgt.src.bin").exists()
+    assert toy_ls_checkpoint.exists() and (toy_ls_checkpoint.parent / "checkpoint_last.pt").exists()
+    proc = run_cli(["fairseq-generate", toy_data_bin, "--path", toy_ls_checkpoint, "--cpu",
+                    "--beam", "2", "--batch-size", "16", "--gen-subset", "test"])
+    hyps = [line for line in proc.stdout.splitlines() if line.startswith("H-")]
+    assert len(hyps) == 40  # one hypothesis per test sentence
+    for line in hyps:
+        sent_id, score, _text = line.split("\t")
+        assert int(sent_id[2:]) in range(40) and float(score) <= 0
+    assert re.search(r"BLEU4 = \d+\.\d+", proc.stdout)
+
+
+def test_checkpoint_loads_with_weights_only_allowlist(toy_ls_checkpoint):
+    from fairseq import checkpoint_utils
+
+    assert checkpoint_utils.CHECKPOINT_SAFE_GLOBALS == [argparse.Namespace]
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(toy_ls_checkpoint))
+    assert "model" in state and state["cfg"]["model"] is not None
+
+
+class _WritesAFile:
+    """A pickled object whose unpickling would run code: create a marker file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_with_foreign_pickled_code_is_refused(tmp_path):
+    from fairseq import checkpoint_utils
+
+    marker = tmp_path / "code-ran"
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {}, "payload": _WritesAFile(str(marker))}, bad)
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(bad))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("user_dir", ["labo_fairseq", str(REPO_ROOT / "labo_fairseq")])
+def test_user_dir_imports_the_plugin(user_dir):
+    code = ("import argparse; from fairseq import utils; "
+            f"utils.import_user_module(argparse.Namespace(user_dir={user_dir!r})); "
+            "import sys; assert 'labo_fairseq' in sys.modules; print('ok')")
+    proc = run_cli(["python", "-c", code], cwd=REPO_ROOT)
+    assert proc.stdout.strip().endswith("ok")
