@@ -1,0 +1,186 @@
+"""Streaming building blocks shared by the chunked and the fused LABO loss.
+
+For one block of rows the vocabulary is visited chunk by chunk. Per row we keep
+
+* ``m_ref``: running max of the non-gold logits (the reference point of the exps below),
+* ``sum_p``: sum_{j != y} exp(z_j - m_ref),
+* ``sum_q``: sum_{j != y} exp((z_j - m_ref) / tau),
+* ``wsum``:  sum_{j != y} exp((z_j - m_ref) / tau) * (m_ref - z_j)   (>= 0),
+
+all rescaled when ``m_ref`` grows. The gold column is masked to -inf (never subtracted), so
+q stays exact when p_y -> 1. Since q = softmax_{j != y}(z / tau) does not depend on
+logsumexp(z), everything follows from these four numbers and the gold logit:
+
+    lse           = logsumexp(z)
+    E_q[-lp]      = (lse - m_ref) + wsum / sum_q       (sum of two non-negative terms)
+    H(q)          = log(sum_q) + wsum / (tau * sum_q)
+    q_j           = exp((z_j - m_ref) / tau - log(sum_q))
+
+Accumulation is in float32 (float64 for float64 inputs).
+"""
+from typing import NamedTuple, Optional
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+class LaboStats(NamedTuple):
+    """Cheap per-call diagnostics, summed over the non-ignored positions (no gradient).
+
+    q_entropy: sum of the entropy of q (nats); divide by n_tokens for the mean.
+    n_correct: number of positions where argmax(z) == target (ties resolve to the lowest
+        index, as torch.argmax does).
+    n_tokens: number of non-ignored positions.
+    """
+
+    q_entropy: torch.Tensor
+    n_correct: torch.Tensor
+    n_tokens: torch.Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RowAccumulator:
+    """Online statistics for one block of rows (see module docstring)."""
+
+    def __init__(self, target: torch.Tensor, inv_tau: float, track_order: bool, dtype: torch.dtype):
+        n = target.shape[0]
+        dev = target.device
+        self.target = target
+        self.inv_tau = inv_tau
+        self.track_order = track_order
+        self.m_ref = torch.full((n,), NEG_INF, device=dev, dtype=dtype)
+        self.sum_p = torch.zeros(n, device=dev, dtype=dtype)
+        self.sum_q = torch.zeros(n, device=dev, dtype=dtype)
+        self.wsum = torch.zeros(n, device=dev, dtype=dtype)
+        if track_order:
+            # max of the non-gold logits left / right of the gold column (for argmax ties)
+            self.max_left = torch.full((n,), NEG_INF, device=dev, dtype=dtype)
+            self.max_right = torch.full((n,), NEG_INF, device=dev, dtype=dtype)
+
+    def update(self, z: torch.Tensor, col0: int, work: torch.Tensor, work2: torch.Tensor) -> None:
+        """Fold the chunk z = logits[:, col0:col0+C] (compute dtype, not modified) in.
+
+        work, work2: scratch tensors of z's shape (overwritten).
+        """
+        C = z.shape[1]
+        gold_local = self.target - col0
+        gold_in = (gold_local >= 0) & (gold_local < C)
+        gold_col = gold_local.clamp(0, C - 1).unsqueeze(1)
+
+        if self.track_order:
+            cols = torch.arange(C, device=z.device).unsqueeze(0)
+            gl = gold_local.unsqueeze(1)
+            left = torch.where(cols < gl, z, NEG_INF).amax(1)
+            right = torch.where(cols > gl, z, NEG_INF).amax(1)
+            torch.maximum(self.max_left, left, out=self.max_left)
+            torch.maximum(self.max_right, right, out=self.max_right)
+            chunk_max = torch.maximum(left, right)
+            d = work.copy_(z)
+            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), NEG_INF, d.gather(1, gold_col)))
+        else:
+            d = work.copy_(z)
+            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), NEG_INF, d.gather(1, gold_col)))
+            chunk_max = d.amax(1)
+
+        m_old = self.m_ref
+        m_new = torch.maximum(m_old, chunk_max)
+        # finite stand-ins for -inf references; the sums they scale are still zero then
+        old_ref = torch.where(m_old == NEG_INF, 0.0, m_old)
+        new_ref = torch.where(m_new == NEG_INF, 0.0, m_new)
+        shift = (old_ref - new_ref).clamp_(max=0.0)
+        inv_tau = self.inv_tau
+
+        d.sub_(new_ref.unsqueeze(1))  # d_j = z_j - m_ref  (gold: -inf)
+        e = torch.exp(d, out=work2)
+        self.sum_p = self.sum_p * shift.exp() + e.sum(1)
+
+        scale_q = (shift * inv_tau).exp()
+        self.wsum = scale_q * (self.wsum + (new_ref - old_ref) * self.sum_q)
+        if inv_tau == 0.0:
+            # tau = inf: q is uniform over the non-gold columns
+            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), 0.0, d.gather(1, gold_col)))
+            self.sum_q = self.sum_q * scale_q + (C - gold_in.to(d.dtype))
+            self.wsum = self.wsum - d.sum(1)
+        else:
+            if inv_tau != 1.0:
+                e = d.mul(inv_tau).exp_()  # gold stays exp(-inf) = 0
+            self.sum_q = self.sum_q * scale_q + e.sum(1)
+            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), 0.0, d.gather(1, gold_col)))
+            self.wsum = self.wsum - torch.linalg.vecdot(e, d)
+        self.m_ref = m_new
+
+
+class RowResult(NamedTuple):
+    loss: torch.Tensor
+    nll: torch.Tensor
+    lse: torch.Tensor
+    m_ref: torch.Tensor
+    log_sum_q: torch.Tensor
+    q_entropy: torch.Tensor
+    correct: Optional[torch.Tensor]
+
+
+def finalize(acc: RowAccumulator, z_gold: torch.Tensor, alpha: float) -> RowResult:
+    m, s, sq, w = acc.m_ref, acc.sum_p, acc.sum_q, acc.wsum
+    gold_wins = z_gold >= m
+    top = torch.maximum(m, z_gold)
+    # log(sum_j exp(z_j - top)) without rounding away a tiny non-gold mass when p_y -> 1
+    log_norm = torch.where(
+        gold_wins, torch.log1p(s * torch.exp(m - z_gold)), torch.log(s + torch.exp(z_gold - m))
+    )
+    nll = (top - z_gold) + log_norm
+    lse = top + log_norm
+    w_over_sq = w / sq
+    loss = nll * (1.0 - alpha)
+    if alpha > 0.0:
+        loss = loss + alpha * ((top - m) + log_norm + w_over_sq)
+    log_sq = torch.log(sq)
+    q_entropy = log_sq + acc.inv_tau * w_over_sq
+    correct = None
+    if acc.track_order:
+        correct = (z_gold > acc.max_left) & (z_gold >= acc.max_right)
+    return RowResult(loss, nll, lse, m, log_sq, q_entropy, correct)
+
+
+def grad_block(
+    z: torch.Tensor,
+    col0: int,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+    m_ref: torch.Tensor,
+    log_sum_q: torch.Tensor,
+    alpha: float,
+    inv_tau: float,
+    row_scale: torch.Tensor,
+    out: torch.Tensor,
+    work: torch.Tensor,
+    work2: torch.Tensor,
+) -> torch.Tensor:
+    """d loss_i / d z_ij * row_scale_i for the chunk z = logits[:, col0:col0+C] into `out`.
+
+    grad = softmax(z) - (1 - alpha) onehot(y) - alpha q. `out` may be a strided view of a
+    buffer of another dtype; `work`, `work2` are compute-dtype scratch shaped like z.
+    """
+    C = z.shape[1]
+    gold_local = target - col0
+    gold_in = (gold_local >= 0) & (gold_local < C)
+    gold_col = gold_local.clamp(0, C - 1).unsqueeze(1)
+    scale = row_scale.unsqueeze(1)
+
+    p = torch.sub(z, lse.unsqueeze(1), out=work).exp_()
+    if alpha > 0.0:
+        if inv_tau == 0.0:
+            p.sub_((alpha * torch.exp(-log_sum_q)).unsqueeze(1))
+        else:
+            q = torch.sub(z, m_ref.unsqueeze(1), out=work2)
+            q = torch.add(-log_sum_q.unsqueeze(1), q, alpha=inv_tau, out=q).exp_()
+            p.sub_(q, alpha=alpha)
+    # gold entry: p_y - (1 - alpha)   (q_y = 0)
+    p_gold = torch.exp(z.gather(1, gold_col).squeeze(1) - lse) - (1.0 - alpha)
+    p.scatter_(1, gold_col, torch.where(gold_in, p_gold, p.gather(1, gold_col).squeeze(1)).unsqueeze(1))
+    torch.mul(p, scale, out=out) if out.dtype == p.dtype else out.copy_(p.mul_(scale))
+    return out

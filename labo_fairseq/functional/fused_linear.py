@@ -1,0 +1,1 @@
+def labo_linear_cross_entropy(*a, **k): raise NotImplementedError
