@@ -46,12 +46,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class RowAccumulator:
     """Online statistics for one block of rows (see module docstring)."""
 
-    def __init__(self, target: torch.Tensor, inv_tau: float, track_order: bool, dtype: torch.dtype):
+    def __init__(self, target: torch.Tensor, inv_tau: float, track_order: bool, dtype: torch.dtype,
+                 need_q: bool = True):
         n = target.shape[0]
         dev = target.device
         self.target = target
         self.inv_tau = inv_tau
         self.track_order = track_order
+        self.need_q = need_q  # q is only needed for alpha > 0 or for the entropy statistic
         self.m_ref = torch.full((n,), NEG_INF, device=dev, dtype=dtype)
         self.sum_p = torch.zeros(n, device=dev, dtype=dtype)
         self.sum_q = torch.zeros(n, device=dev, dtype=dtype)
@@ -61,16 +63,21 @@ class RowAccumulator:
             self.max_left = torch.full((n,), NEG_INF, device=dev, dtype=dtype)
             self.max_right = torch.full((n,), NEG_INF, device=dev, dtype=dtype)
 
-    def update(self, z: torch.Tensor, col0: int, work: torch.Tensor, work2: torch.Tensor) -> None:
+    def update(self, z, col0, work, e_out, eq_out) -> torch.Tensor:
         """Fold the chunk z = logits[:, col0:col0+C] (compute dtype, not modified) in.
 
-        work, work2: scratch tensors of z's shape (overwritten).
+        work, eq_out: scratch shaped like z. e_out / eq_out receive exp(z - ref) and
+        exp((z - ref) / tau) (gold entries 0) so that the gradient can reuse them.
+        Returns ref, the per-row reference of this chunk's exps.
         """
         C = z.shape[1]
         gold_local = self.target - col0
         gold_in = (gold_local >= 0) & (gold_local < C)
         gold_col = gold_local.clamp(0, C - 1).unsqueeze(1)
+        gold_in_col = gold_in.unsqueeze(1)
 
+        d = work.copy_(z)
+        d.scatter_(1, gold_col, torch.where(gold_in_col, NEG_INF, d.gather(1, gold_col)))
         if self.track_order:
             cols = torch.arange(C, device=z.device).unsqueeze(0)
             gl = gold_local.unsqueeze(1)
@@ -79,11 +86,7 @@ class RowAccumulator:
             torch.maximum(self.max_left, left, out=self.max_left)
             torch.maximum(self.max_right, right, out=self.max_right)
             chunk_max = torch.maximum(left, right)
-            d = work.copy_(z)
-            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), NEG_INF, d.gather(1, gold_col)))
         else:
-            d = work.copy_(z)
-            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), NEG_INF, d.gather(1, gold_col)))
             chunk_max = d.amax(1)
 
         m_old = self.m_ref
@@ -94,24 +97,30 @@ class RowAccumulator:
         shift = (old_ref - new_ref).clamp_(max=0.0)
         inv_tau = self.inv_tau
 
-        d.sub_(new_ref.unsqueeze(1))  # d_j = z_j - m_ref  (gold: -inf)
-        e = torch.exp(d, out=work2)
+        d.sub_(new_ref.unsqueeze(1))  # d_j = z_j - ref  (gold: -inf)
+        e = torch.exp(d, out=e_out)
         self.sum_p = self.sum_p * shift.exp() + e.sum(1)
 
+        if not self.need_q:
+            self.m_ref = m_new
+            return new_ref
         scale_q = (shift * inv_tau).exp()
         self.wsum = scale_q * (self.wsum + (new_ref - old_ref) * self.sum_q)
+        d.scatter_(1, gold_col, torch.where(gold_in_col, 0.0, d.gather(1, gold_col)))
         if inv_tau == 0.0:
             # tau = inf: q is uniform over the non-gold columns
-            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), 0.0, d.gather(1, gold_col)))
             self.sum_q = self.sum_q * scale_q + (C - gold_in.to(d.dtype))
             self.wsum = self.wsum - d.sum(1)
         else:
             if inv_tau != 1.0:
-                e = d.mul(inv_tau).exp_()  # gold stays exp(-inf) = 0
-            self.sum_q = self.sum_q * scale_q + e.sum(1)
-            d.scatter_(1, gold_col, torch.where(gold_in.unsqueeze(1), 0.0, d.gather(1, gold_col)))
-            self.wsum = self.wsum - torch.linalg.vecdot(e, d)
+                eq = torch.mul(d, inv_tau, out=eq_out).exp_()
+                eq.scatter_(1, gold_col, torch.where(gold_in_col, 0.0, eq.gather(1, gold_col)))
+            else:
+                eq = e
+            self.sum_q = self.sum_q * scale_q + eq.sum(1)
+            self.wsum = self.wsum - torch.linalg.vecdot(eq, d)
         self.m_ref = m_new
+        return new_ref
 
 
 class RowResult(NamedTuple):
@@ -183,4 +192,39 @@ def grad_block(
     p_gold = torch.exp(z.gather(1, gold_col).squeeze(1) - lse) - (1.0 - alpha)
     p.scatter_(1, gold_col, torch.where(gold_in, p_gold, p.gather(1, gold_col).squeeze(1)).unsqueeze(1))
     torch.mul(p, scale, out=out) if out.dtype == p.dtype else out.copy_(p.mul_(scale))
+    return out
+
+
+def grad_from_exps(
+    e: torch.Tensor,
+    eq: Optional[torch.Tensor],
+    ref: torch.Tensor,
+    z_gold: torch.Tensor,
+    col0: int,
+    target: torch.Tensor,
+    res: "RowResult",
+    alpha: float,
+    inv_tau: float,
+    row_scale: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Like grad_block, from the exps kept by RowAccumulator.update (no exp recomputed).
+
+    p_j = e_j exp(ref - lse),  q_j = eq_j exp((ref - m_ref) / tau - log sum_q).
+    `out` must have e's dtype (it may be a strided view).
+    """
+    C = e.shape[1]
+    gold_local = target - col0
+    gold_in = (gold_local >= 0) & (gold_local < C)
+    gold_col = gold_local.clamp(0, C - 1).unsqueeze(1)
+
+    torch.mul(e, (torch.exp(ref - res.lse) * row_scale).unsqueeze(1), out=out)
+    if alpha > 0.0:
+        if inv_tau == 0.0:
+            out.sub_((alpha * torch.exp(-res.log_sum_q) * row_scale).unsqueeze(1))
+        else:
+            coef = alpha * torch.exp((ref - res.m_ref) * inv_tau - res.log_sum_q) * row_scale
+            out.addcmul_(eq, coef.unsqueeze(1), value=-1.0)
+    g_gold = (torch.exp(z_gold - res.lse) - (1.0 - alpha)) * row_scale
+    out.scatter_(1, gold_col, torch.where(gold_in, g_gold, out.gather(1, gold_col).squeeze(1)).unsqueeze(1))
     return out

@@ -11,13 +11,14 @@ from typing import Optional
 
 import torch
 
-from ._streaming import LaboStats, RowAccumulator, compute_dtype, finalize, grad_block
+from ._streaming import LaboStats, RowAccumulator, compute_dtype, finalize, grad_block, grad_from_exps
 from ._validate import check_logits, check_scalars, check_target
 
 # Measured on CPU (see benchmarks/RESULTS.md): 8k columns keeps per-op overhead low while a
 # block of rows stays cache-sized.
 DEFAULT_CHUNK = 8192
 BLOCK_ELEMENTS = 1 << 18  # elements per (rows x chunk) block
+STORE_ELEMENTS = 1 << 20  # elements per [rows, V] exp store kept for the gradient sweep
 
 
 def _block_rows(n_rows: int, chunk: int) -> int:
@@ -79,20 +80,39 @@ class _LaboChunkedFunction(torch.autograd.Function):
         q_ent = torch.empty_like(loss_rows) if want_stats else None
         correct = torch.empty(N, device=dev, dtype=torch.bool) if want_stats else None
 
+        if precompute:
+            # keep the row block's exps (one or two [rows, V] stores) for the gradient sweep
+            rows_per_block = max(1, min(N, STORE_ELEMENTS // V))
+        keep_eq = precompute and alpha > 0.0 and inv_tau not in (0.0, 1.0)
         bw = min(chunk, V)
         work = _scratch(rows_per_block, bw, logits, cdt)
-        work2 = _scratch(rows_per_block, bw, logits, cdt)
-        work3 = _scratch(rows_per_block, bw, logits, cdt) if precompute else None
+        if precompute:
+            e_store = _scratch(rows_per_block, V, logits, cdt)
+            eq_store = _scratch(rows_per_block, V, logits, cdt) if keep_eq else None
+            gwork = _scratch(rows_per_block, bw, logits, cdt) if grad.dtype != cdt else None
+        else:
+            e_store = _scratch(rows_per_block, bw, logits, cdt)
+            eq_store = None
+        need_q = alpha > 0.0 or want_stats
+        eq_work = None if keep_eq or not need_q or inv_tau in (0.0, 1.0) else _scratch(rows_per_block, bw, logits, cdt)
         for r0 in range(0, N, rows_per_block):
             r1 = min(N, r0 + rows_per_block)
+            nr = r1 - r0
             yb = y[r0:r1]
-            acc = RowAccumulator(yb, inv_tau, want_stats, cdt)
+            acc = RowAccumulator(yb, inv_tau, want_stats, cdt, need_q)
+            refs = []
             for c0 in range(0, V, chunk):
                 c1 = min(V, c0 + chunk)
                 z = logits[r0:r1, c0:c1]
                 if z.dtype != cdt:
                     z = z.to(cdt)
-                acc.update(z, c0, _view(work, r1 - r0, c1 - c0), _view(work2, r1 - r0, c1 - c0))
+                off = nr * c0 if precompute else 0
+                e_out = e_store[off: off + nr * (c1 - c0)].view(nr, c1 - c0)
+                if keep_eq:
+                    eq_out = eq_store[off: off + nr * (c1 - c0)].view(nr, c1 - c0)
+                else:
+                    eq_out = None if eq_work is None else _view(eq_work, nr, c1 - c0)
+                refs.append(acc.update(z, c0, _view(work, nr, c1 - c0), e_out, eq_out))
             res = finalize(acc, z_gold[r0:r1], alpha)
             loss_rows[r0:r1] = res.loss
             nll_rows[r0:r1] = res.nll
@@ -103,15 +123,17 @@ class _LaboChunkedFunction(torch.autograd.Function):
                 q_ent[r0:r1] = res.q_entropy
                 correct[r0:r1] = res.correct
             if precompute:
-                for c0 in range(0, V, chunk):
+                for k, c0 in enumerate(range(0, V, chunk)):
                     c1 = min(V, c0 + chunk)
-                    z = logits[r0:r1, c0:c1]
-                    if z.dtype != cdt:
-                        z = z.to(cdt)
-                    shape = (r1 - r0, c1 - c0)
-                    grad_block(z, c0, yb, res.lse, res.m_ref, res.log_sum_q, alpha, inv_tau,
-                               row_scale[r0:r1], grad[r0:r1, c0:c1],
-                               _view(work, *shape), _view(work2, *shape))
+                    n = nr * (c1 - c0)
+                    e = e_store[nr * c0: nr * c0 + n].view(nr, c1 - c0)
+                    eq = eq_store[nr * c0: nr * c0 + n].view(nr, c1 - c0) if keep_eq else e
+                    dst = grad[r0:r1, c0:c1]
+                    out = dst if gwork is None else _view(gwork, nr, c1 - c0)
+                    grad_from_exps(e, eq, refs[k], z_gold[r0:r1], c0, yb, res, alpha, inv_tau,
+                                   row_scale[r0:r1], out)
+                    if gwork is not None:
+                        dst.copy_(out)
 
         loss = _reduce(loss_rows, keep, reduction)
         nll = _reduce(nll_rows, keep, reduction)
