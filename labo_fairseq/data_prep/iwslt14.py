@@ -1,0 +1,154 @@
+"""IWSLT'14 German-English, prepared exactly as fairseq's examples/translation/prepare-iwslt14.sh does.
+
+Steps (counts are printed for each): tag lines dropped / tags stripped from the train files; Moses
+tokenisation; clean-corpus-n (ratio 1.5, 1..175 tokens); lowercasing; valid = every 23rd cleaned
+train pair, train = the rest; test = dev2010 + TEDX.dev2012 + tst2010 + tst2011 + tst2012 (<seg>
+lines, ’ -> ', tokenised, lowercased); joint BPE learned on train.de + train.en and applied to all
+splits; fairseq-preprocess --source-lang de --target-lang en (separate dictionaries, as fairseq does).
+"""
+import argparse
+import os
+from pathlib import Path
+
+from . import common
+from .common import DEFAULT_OUT, PrepError, Timer, log
+from .moses import MosesPipeline, clean_corpus, describe_cleaning, lowercase
+from .subwords import BpeSegmenter, learn_bpe
+
+TAG = "prepare-iwslt14"
+URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
+SRC, TGT = "de", "en"
+NAME = "iwslt14.tokenized.de-en"
+TEST_SETS = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010",
+             "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012")
+VALID_EVERY = 23
+DROPPED_TAGS = ("<url>", "<talkid>", "<keywords>")
+STRIPPED_TAGS = ("<title>", "</title>", "<description>", "</description>")
+
+
+def train_text_lines(lines):
+    """grep -v '<url>' / '<talkid>' / '<keywords>', then delete the title/description tags."""
+    for line in lines:
+        if any(tag in line for tag in DROPPED_TAGS):
+            continue
+        for tag in STRIPPED_TAGS:
+            line = line.replace(tag, "")
+        yield line
+
+
+def archive_members():
+    members = [f"de-en/train.tags.de-en.{lang}" for lang in (SRC, TGT)]
+    members += [f"de-en/{name}.de-en.{lang}.xml" for name in TEST_SETS for lang in (SRC, TGT)]
+    return members
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="prepare-iwslt14.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path,
+                        help=f"the IWSLT'14 release de-en.tgz (default: download {URL})")
+    parser.add_argument("--url", default=URL, help="where to download the archive from without --archive")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
+    parser.add_argument("--bpe-tokens", type=int, default=10000, help="BPE merge operations (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for tokenisation, BPE and binarisation (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    args = parser.parse_args(argv)
+    if args.bpe_tokens < 1 or args.workers < 1:
+        parser.error("--bpe-tokens and --workers must be positive")
+    return args
+
+
+def prepare(args):
+    text_final = args.out / NAME
+    bin_final = args.out / "data-bin" / NAME
+    total = Timer()
+    with common.StagedOutputs(args.out, [text_final, bin_final], args.force, TAG) as staging:
+        tmp = staging.work
+        text_dir, bin_dir = staging.staged(text_final), staging.staged(bin_final)
+        text_dir.mkdir()
+        archive = args.archive
+        if archive is None:
+            log(TAG, f"downloading {args.url}")
+            archive = common.download(args.url, tmp / "de-en.tgz",
+                                      "download it where the network allows and pass --archive PATH")
+        timer = Timer()
+        files = dict(zip(archive_members(), common.extract_members(archive, archive_members(), tmp / "orig")))
+        log(TAG, f"extracted {len(files)} files from {archive} ({timer})")
+
+        for lang in (SRC, TGT):
+            timer = Timer()
+            source = files[f"de-en/train.tags.de-en.{lang}"]
+            n_raw = common.count_lines(source)
+            tokeniser = MosesPipeline(lang, ["tokenize"])
+            n_tok = common.write_lines(
+                tmp / f"train.tags.tok.{lang}",
+                common.map_lines(tokeniser, train_text_lines(common.read_lines(source)), args.workers))
+            log(TAG, f"train.{lang}: {n_raw} lines, {n_raw - n_tok} tag lines dropped, {n_tok} tokenised ({timer})")
+        common.check_parallel(tmp / f"train.tags.tok.{SRC}", tmp / f"train.tags.tok.{TGT}")
+
+        n_in, n_clean, dropped = clean_corpus(tmp / f"train.tags.tok.{SRC}", tmp / f"train.tags.tok.{TGT}",
+                                              tmp / f"train.clean.{SRC}", tmp / f"train.clean.{TGT}",
+                                              min_len=1, max_len=175, ratio=1.5)
+        log(TAG, f"clean-corpus-n (1..175 tokens, ratio 1.5): {describe_cleaning(n_in, n_clean, dropped)}")
+        if n_clean == 0:
+            raise PrepError(f"no training pairs left after cleaning {files[f'de-en/train.tags.de-en.{SRC}']}")
+
+        for lang in (SRC, TGT):
+            lines = [lowercase(line) for line in common.read_lines(tmp / f"train.clean.{lang}")]
+            common.write_lines(tmp / f"valid.{lang}",
+                               (line for n, line in enumerate(lines, 1) if n % VALID_EVERY == 0))
+            common.write_lines(tmp / f"train.{lang}",
+                               (line for n, line in enumerate(lines, 1) if n % VALID_EVERY != 0))
+        n_valid = n_clean // VALID_EVERY
+        log(TAG, f"lowercased; valid = every {VALID_EVERY}rd pair: {n_clean - n_valid} train, {n_valid} valid")
+
+        counts = {}
+        for lang in (SRC, TGT):
+            pipeline = MosesPipeline(lang, ["apostrophe", "tokenize", "lowercase"])
+            test_lines = []
+            for name in TEST_SETS:
+                segments = common.extract_segments(files[f"de-en/{name}.de-en.{lang}.xml"])
+                counts.setdefault(name, {})[lang] = len(segments)
+                test_lines.extend(common.map_lines(pipeline, segments, args.workers))
+            common.write_lines(tmp / f"test.{lang}", test_lines)
+        for name in TEST_SETS:
+            if counts[name][SRC] != counts[name][TGT]:
+                raise PrepError(f"segment-count mismatch in {name}: {counts[name][SRC]} {SRC} segments, "
+                                f"{counts[name][TGT]} {TGT}")
+        n_test = sum(c[SRC] for c in counts.values())
+        log(TAG, "test: " + " + ".join(f"{name.split('.', 1)[1]} {c[SRC]}" for name, c in counts.items())
+            + f" = {n_test} pairs")
+
+        timer = Timer()
+        n_merges = learn_bpe([tmp / f"train.{SRC}", tmp / f"train.{TGT}"], text_dir / "code", args.bpe_tokens, tmp)
+        log(TAG, f"learned {n_merges} BPE merges on train.{SRC} + train.{TGT} ({timer})")
+        timer = Timer()
+        segmenter = BpeSegmenter(text_dir / "code")
+        for split in ("train", "valid", "test"):
+            for lang in (SRC, TGT):
+                common.map_file(segmenter, tmp / f"{split}.{lang}", text_dir / f"{split}.{lang}", args.workers)
+        log(TAG, f"applied BPE to train/valid/test ({timer})")
+
+        timer = Timer()
+        sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=False, workers=args.workers)
+        log(TAG, f"binarised into data-bin/{NAME}: dictionaries {SRC} {sizes[SRC]} types, "
+                 f"{TGT} {sizes[TGT]} types ({timer})")
+        common.write_prepare_json(bin_dir, {
+            "dataset": "iwslt14", "source_lang": SRC, "target_lang": TGT, "subwords": "bpe",
+            "bpe_merges": args.bpe_tokens, "tokenizer": "moses", "moses_escape": True, "lowercase": True,
+            "joined_dictionary": False, "test_sets": {"test": list(TEST_SETS)},
+            "pairs": {"train": n_clean - n_valid, "valid": n_valid, "test": n_test},
+        })
+        staging.commit()
+    log(TAG, f"done in {total}: {text_final} and {bin_final}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return common.run_main(TAG, lambda: prepare(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Moses text processing (tokenizer.perl, lowercase.perl, normalize-punctuation.perl,
+remove-non-printing-char.perl, clean-corpus-n.perl) on top of sacremoses, with the Perl behaviour
+restored where sacremoses 0.1.1 differs on the rules used here.
+
+Known remaining differences from the Perl scripts are listed in MOSES_DIFFERENCES.
+"""
+import re
+from collections import Counter
+
+import regex
+from sacremoses import MosesPunctNormalizer, MosesTokenizer
+
+from .common import PrepError, read_lines
+
+MOSES_DIFFERENCES = """\
+- whitespace-only input lines: tokenizer.perl prints them unchanged, we print an empty line
+  (clean-corpus-n drops both; in test sets fairseq-preprocess reads both as empty).
+- Unicode tables: character classes (IsAlpha, IsN, IsLower...) come from sacremoses' perluniprops
+  snapshot, Perl uses its own Unicode version; characters added in between can tokenise differently.
+- Python's \\s matches U+001C..U+001F (Perl deletes those as control characters); we delete them first,
+  so this only matters inside clean-corpus-n, which sees tokenised text.
+"""
+
+# Perl's tokenizer deletes [\000-\037] after turning \s into spaces; Python's \s also covers
+# U+001C..U+001F (which Perl's does not), so those would become spaces instead of vanishing.
+_PY_ONLY_SPACE_CONTROLS = {c: None for c in range(0x1C, 0x20)}
+
+
+class PerlTokenizer(MosesTokenizer):
+    """sacremoses' MosesTokenizer with tokenizer.perl's handling of a sentence-final period.
+
+    tokenizer.perl always splits the period off the last word ("split last words independently as
+    they are unlikely to be non-breaking prefixes"): "in the U.S." -> "in the U.S ."; sacremoses 0.1.1
+    keeps "U.S." and any known prefix ("usw.", "etc.") joined when it is the last word.
+    """
+
+    def handles_nonbreaking_prefixes(self, text):
+        tokens = text.split()
+        if tokens and tokens[-1].endswith(".") and len(tokens[-1]) > 1:
+            last = tokens.pop()
+            text = super().handles_nonbreaking_prefixes(" ".join(tokens))
+            return f"{text} {last[:-1]} ." if text else f"{last[:-1]} ."
+        return super().handles_nonbreaking_prefixes(text)
+
+    def tokenize_line(self, line, aggressive=False, escape=True):
+        line = line.translate(_PY_ONLY_SPACE_CONTROLS)
+        if not line.strip():
+            return ""
+        return self.tokenize(line, aggressive_dash_splits=aggressive, return_str=True, escape=escape)
+
+
+def lowercase(line):
+    """lowercase.perl (Perl's lc): like str.lower() but without Greek final-sigma context rules."""
+    return line.replace("Σ", "σ").lower()
+
+
+_NON_PRINTING = regex.compile(r"\p{C}")
+
+
+def remove_non_printing(line):
+    """remove-non-printing-char.perl: every Unicode 'Other' character (controls, format...) -> space."""
+    return _NON_PRINTING.sub(" ", line)
+
+
+STEPS = ("lowercase", "normalize", "remove-non-printing", "tokenize", "tokenize-aggressive", "apostrophe")
+
+
+class MosesPipeline:
+    """A picklable block transform applying the named Moses steps in order to each line.
+
+    'apostrophe' is the sed "s/’/'/g" that fairseq's recipes apply to test sets before tokenising.
+    """
+
+    def __init__(self, lang, steps):
+        unknown = [s for s in steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown steps {unknown}")
+        self.lang = lang
+        self.steps = tuple(steps)
+        self._tokenizer = self._normalizer = None
+
+    def __getstate__(self):
+        return {"lang": self.lang, "steps": self.steps}
+
+    def __setstate__(self, state):
+        self.__init__(state["lang"], state["steps"])
+
+    def _line(self, line):
+        for step in self.steps:
+            if step == "lowercase":
+                line = lowercase(line)
+            elif step == "apostrophe":
+                line = line.replace("’", "'")
+            elif step == "normalize":
+                if self._normalizer is None:
+                    # penn=True in sacremoses means Perl's default (non -penn) quote handling.
+                    self._normalizer = MosesPunctNormalizer(lang=self.lang, penn=True, perl_parity=True)
+                line = self._normalizer.normalize(line)
+            elif step == "remove-non-printing":
+                line = remove_non_printing(line)
+            else:
+                if self._tokenizer is None:
+                    self._tokenizer = PerlTokenizer(lang=self.lang)
+                line = self._tokenizer.tokenize_line(line, aggressive=step == "tokenize-aggressive")
+        return line
+
+    def __call__(self, block):
+        return [self._line(line) for line in block]
+
+
+# ------------------------------------------------------------------------------------ clean-corpus-n
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _normalise_for_cleaning(line, strip_bars):
+    if strip_bars:
+        line = line.replace("|", "")
+    return _WHITESPACE.sub(" ", line).strip(" ")
+
+
+def clean_corpus(src_in, tgt_in, src_out, tgt_out, min_len=1, max_len=175, ratio=1.5, max_word_length=1000):
+    """clean-corpus-n.perl: keeps pairs with min_len..max_len tokens on both sides and a length ratio
+    (both directions) of at most `ratio`; drops empty sides and words over max_word_length characters.
+
+    As the Perl script does, '|' is deleted unless the first pair contains one (factored corpus), and
+    whitespace is normalised in the output. Returns (pairs_in, pairs_out, Counter of drop reasons).
+    """
+    dropped = Counter()
+    n_in = n_out = 0
+    long_word = re.compile(r"[^\s|]{%d}" % (max_word_length + 1))
+    src_lines, tgt_lines = read_lines(src_in), read_lines(tgt_in)
+    strip_bars = True
+    with open(src_out, "w", encoding="utf-8", newline="\n") as src_o, \
+            open(tgt_out, "w", encoding="utf-8", newline="\n") as tgt_o:
+        for src in src_lines:
+            tgt = next(tgt_lines, None)
+            if tgt is None:
+                raise PrepError(f"line-count mismatch: {tgt_in} is shorter than {src_in} ({n_in} lines)")
+            n_in += 1
+            if n_in == 1:
+                strip_bars = "|" not in src and "|" not in tgt
+            src = _normalise_for_cleaning(src, strip_bars)
+            tgt = _normalise_for_cleaning(tgt, strip_bars)
+            if not src or not tgt:
+                dropped["empty"] += 1
+                continue
+            n_src, n_tgt = len(src.split(" ")), len(tgt.split(" "))
+            if n_src > max_len or n_tgt > max_len:
+                dropped[f"over {max_len} tokens"] += 1
+                continue
+            if n_src < min_len or n_tgt < min_len:
+                dropped[f"under {min_len} tokens"] += 1
+                continue
+            if n_src / n_tgt > ratio or n_tgt / n_src > ratio:
+                dropped[f"length ratio over {ratio}"] += 1
+                continue
+            if long_word.search(src) or long_word.search(tgt):
+                dropped[f"word over {max_word_length} characters"] += 1
+                continue
+            src_o.write(src + "\n")
+            tgt_o.write(tgt + "\n")
+            n_out += 1
+        if next(tgt_lines, None) is not None:
+            raise PrepError(f"line-count mismatch: {tgt_in} is longer than {src_in} ({n_in} lines)")
+    return n_in, n_out, dropped
+
+
+def describe_cleaning(n_in, n_out, dropped):
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items()))
+    return f"{n_in} pairs in, {n_out} kept" + (f" (dropped: {reasons})" if reasons else "")
