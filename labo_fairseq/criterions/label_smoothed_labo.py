@@ -1,0 +1,245 @@
+"""fairseq criterion `label_smoothed_labo`: LABO label regularization, with optional TSLA.
+
+A drop-in for fairseq's `label_smoothed_cross_entropy` (same flags, log keys and semantics)
+whose smoothing distribution is LABO's instance-specific optimum instead of the uniform one:
+
+    loss = (1 - α) · (-log p_y) + α · Σ_{j≠y} q_j · (-log p_j),   q = softmax_{j≠y}(log p / τ)
+
+`--labo-tau inf` is exactly fairseq's label smoothing; `--label-smoothing 0` is cross-entropy.
+The math lives in `labo_fairseq.functional`; this module only adapts it to fairseq's models.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import BaseFairseqModel, FairseqDecoder
+from fairseq.models.transformer import TransformerDecoderBase
+from omegaconf import II
+
+from labo_fairseq.functional import labo_cross_entropy, labo_linear_cross_entropy
+
+
+@dataclass
+class LabelSmoothedLaboConfig(FairseqDataclass):
+    label_smoothing: float = field(
+        default=0.1,
+        metadata={"help": "alpha: weight of the smoothing distribution, in [0, 1); 0 means plain cross-entropy"},
+    )
+    labo_tau: float = field(
+        default=1.25,
+        metadata={"help": "tau = beta / alpha: temperature of LABO's smoothing distribution over the "
+                          "non-target tokens, > 0; 'inf' makes it uniform (fairseq's label smoothing)"},
+    )
+    labo_chunk_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "vocabulary chunk width of the streaming loss (default: automatic)"},
+    )
+    no_labo_fused: bool = field(
+        default=False,
+        metadata={"help": "compute full [tokens x vocab] logits instead of fusing the output projection "
+                          "into the loss (fusing is used whenever the decoder allows it)"},
+    )
+    smoothing_stop_update: int = field(
+        default=0,
+        metadata={"help": "TSLA (two-stage label smoothing): once this many updates are done, alpha = 0 "
+                          "(plain NLL); 0 = smooth throughout"},
+    )
+    report_accuracy: bool = field(
+        default=False,
+        metadata={"help": "report accuracy metric"},
+    )
+    ignore_prefix_size: int = field(
+        default=0,
+        metadata={"help": "Ignore first N tokens"},
+    )
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size):
+    """Fails at start-up, naming the flag, rather than at the first batch."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+    if math.isnan(labo_tau) or labo_tau <= 0:
+        raise ValueError(f"--labo-tau must be > 0 (or inf), got {labo_tau}")
+    if labo_chunk_size is not None and labo_chunk_size < 1:
+        raise ValueError(f"--labo-chunk-size must be >= 1, got {labo_chunk_size}")
+    if smoothing_stop_update < 0:
+        raise ValueError(f"--smoothing-stop-update must be >= 0, got {smoothing_stop_update}")
+    if ignore_prefix_size < 0:
+        raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
+
+
+def _trainer_num_updates() -> int:
+    """Updates done so far. Criteria are not told the update number, but fairseq's trainer logs
+    it into the always-present "default" metrics aggregator (also after --restore-file)."""
+    meter = metrics.get_meter("default", "num_updates")
+    return int(meter.val) if meter is not None and meter.val is not None else 0
+
+
+def _unwrap(model):
+    """The FairseqModel inside fairseq's data-parallel wrappers (which forward attributes)."""
+    while not isinstance(model, BaseFairseqModel) and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _overrides(obj, base, name):
+    return getattr(type(obj), name) is not getattr(base, name)
+
+
+def loss_path(model) -> str:
+    """How the criterion reaches the loss for this model: "fused", "logits" or "lprobs".
+
+    - fused: a fairseq TransformerDecoder with a plain linear output projection; the decoder
+      returns features and `labo_linear_cross_entropy` never materialises [tokens x V] logits.
+    - logits: decoders whose normalisation is fairseq's plain log_softmax of `net_output[0]`.
+    - lprobs: anything else that defines its own `get_normalized_probs`; log_softmax is
+      idempotent on log-probabilities, so the loss over them is still exact.
+    """
+    model = _unwrap(model)
+    decoder = getattr(model, "decoder", None)
+    if getattr(decoder, "adaptive_softmax", None) is not None:
+        raise ValueError(
+            "label_smoothed_labo does not support adaptive softmax (--adaptive-softmax-cutoff): "
+            "LABO's smoothing needs log-probabilities over the whole vocabulary"
+        )
+    plain_normalisation = (
+        isinstance(decoder, FairseqDecoder)
+        and not _overrides(model, BaseFairseqModel, "get_normalized_probs")
+        and not _overrides(decoder, FairseqDecoder, "get_normalized_probs")
+        and not _overrides(decoder, FairseqDecoder, "get_normalized_probs_scriptable")
+    )
+    if not plain_normalisation:
+        return "lprobs"
+    if (
+        isinstance(decoder, TransformerDecoderBase)
+        and not _overrides(decoder, TransformerDecoderBase, "output_layer")
+        and type(decoder.output_projection) is torch.nn.Linear
+    ):
+        return "fused"
+    return "logits"
+
+
+@register_criterion("label_smoothed_labo", dataclass=LabelSmoothedLaboConfig)
+class LabelSmoothedLaboCriterion(FairseqCriterion):
+    def __init__(
+        self,
+        task,
+        sentence_avg,
+        label_smoothing=0.1,
+        labo_tau=1.25,
+        labo_chunk_size=None,
+        no_labo_fused=False,
+        smoothing_stop_update=0,
+        ignore_prefix_size=0,
+        report_accuracy=False,
+    ):
+        super().__init__(task)
+        labo_tau = float(labo_tau)
+        _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size)
+        self.sentence_avg = sentence_avg
+        self.eps = label_smoothing
+        self.tau = labo_tau
+        self.chunk_size = labo_chunk_size
+        self.fused = not no_labo_fused
+        self.smoothing_stop_update = smoothing_stop_update
+        self.ignore_prefix_size = ignore_prefix_size
+        self.report_accuracy = report_accuracy
+
+    def current_alpha(self) -> float:
+        if self.smoothing_stop_update > 0 and _trainer_num_updates() >= self.smoothing_stop_update:
+            return 0.0
+        return self.eps
+
+    def forward(self, model, sample, reduce=True):
+        """Compute the loss for the given sample.
+
+        Returns a tuple with three elements:
+        1) the loss
+        2) the sample size, which is used as the denominator for the gradient
+        3) logging outputs to display while training
+        """
+        loss, nll_loss, stats = self.compute_loss(model, sample, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "nll_loss": nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+            "q_entropy": stats.q_entropy.data,
+            "q_entropy_tokens": stats.n_tokens.data,
+        }
+        if self.report_accuracy:
+            logging_output["n_correct"] = utils.item(stats.n_correct.data)
+            logging_output["total"] = utils.item(stats.n_tokens.data)
+        return loss, sample_size, logging_output
+
+    def compute_loss(self, model, sample, reduce=True):
+        """(loss, nll_loss, LaboStats); `reduce=False` gives per-token losses (0 at padding)."""
+        path = loss_path(model)
+        if path == "fused" and not self.fused:
+            path = "logits"
+        if path == "fused":
+            decoder_out = model(**sample["net_input"], features_only=True)
+            inputs = decoder_out[0]  # features: [batch, tgt_len, embed_dim]
+        else:
+            decoder_out = model(**sample["net_input"])
+            inputs = decoder_out[0] if path == "logits" else model.get_normalized_probs(decoder_out, log_probs=True)
+        target = model.get_targets(sample, decoder_out)
+        if self.ignore_prefix_size > 0:
+            inputs = inputs[:, self.ignore_prefix_size :, :]
+            target = target[:, self.ignore_prefix_size :]
+        options = dict(
+            ignore_index=self.padding_idx,
+            reduction="sum" if reduce else "none",
+            chunk_size=self.chunk_size,
+            return_stats=True,
+        )
+        alpha = self.current_alpha()
+        if path == "fused":
+            projection = _unwrap(model).decoder.output_projection
+            return labo_linear_cross_entropy(
+                inputs, projection.weight, target, alpha, self.tau, bias=projection.bias, **options
+            )
+        return labo_cross_entropy(inputs, target, alpha, self.tau, **options)
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Aggregate logging outputs from data parallel training."""
+        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
+        nll_loss_sum = sum(log.get("nll_loss", 0) for log in logging_outputs)
+        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+
+        metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("nll_loss", nll_loss_sum / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+
+        # LABO diagnostic: mean entropy (bits) of the smoothing distribution q per target token.
+        # log2(V - 1) means uniform smoothing; lower means q concentrates on a few plausible tokens.
+        q_tokens = utils.item(sum(log.get("q_entropy_tokens", 0) for log in logging_outputs))
+        if q_tokens > 0:
+            q_entropy_sum = utils.item(sum(log.get("q_entropy", 0) for log in logging_outputs))
+            metrics.log_scalar("q_entropy", q_entropy_sum / q_tokens / math.log(2), q_tokens, round=3)
+
+        total = utils.item(sum(log.get("total", 0) for log in logging_outputs))
+        if total > 0:
+            metrics.log_scalar("total", total)
+            n_correct = utils.item(sum(log.get("n_correct", 0) for log in logging_outputs))
+            metrics.log_scalar("n_correct", n_correct)
+            metrics.log_derived(
+                "accuracy",
+                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
+                if meters["total"].sum > 0
+                else float("nan"),
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        """Every logging output is a sum, so workers' outputs can be summed before reduce_metrics."""
+        return True
