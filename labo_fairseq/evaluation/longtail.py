@@ -1,0 +1,199 @@
+"""Long-tail analysis: how well a system produces target types, bucketed by how often each type
+occurs in the training target text. NMT under-produces rare types; a fairer label distribution
+should raise their hypothesis/reference ratio and F1.
+
+This is compare-mt's word accuracy by frequency (`--compare_word_accuracies
+bucket_type=freq,freq_corpus_file=TRAIN`), with the same defaults and counting:
+
+- Bucket edges are the lower edges of half-open ranges of training frequency; the defaults are
+  compare-mt's cutoffs 1,2,3,4,5,10,100,1000, giving the buckets [0,1) (types unseen in
+  training), [1,2), [2,3), [3,4), [4,5), [5,10), [10,100), [100,1000), [1000,inf). Edge 1 is
+  always added, so the first bucket holds exactly the unseen types.
+- Matches are clipped per sentence: a hypothesis token matches if its type has not yet been
+  matched as often as it occurs in that sentence's reference. Match, hypothesis and reference
+  counts are summed over the corpus per bucket; precision = matches / hyp_count, recall =
+  matches / ref_count, F1 their harmonic mean. As in compare-mt, all three are 0.0 when a
+  bucket has no matches (this covers every zero denominator).
+- `types`: distinct types of the bucket that occur in the reference or the hypothesis.
+- `ratio` = hyp_count / ref_count (< 1: the system under-produces the bucket); null when the
+  reference has no token of the bucket.
+- Tokens are whitespace-separated and case-sensitive. (compare-mt splits on single spaces, so
+  an empty line is one empty-string token there and nothing here.)
+
+Levels: `token` counts the units as given (subwords when the files hold subwords, as the model
+sees them); `word` first joins subwords (BPE `@@ ` or sentencepiece U+2581) in all three inputs.
+"""
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from labo_fairseq.evaluation.errors import EvaluationError, read_lines, read_parallel, run_main
+from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, remove_subwords
+
+DEFAULT_BUCKETS = (1, 2, 3, 4, 5, 10, 100, 1000)   # compare_mt.bucketers.FreqWordBucketer's default
+LEVELS = ("token", "word")
+BUCKET_KEYS = ("lo", "hi", "types", "ref_count", "hyp_count", "ratio", "precision", "recall", "f1")
+
+
+def bucket_ranges(lower_edges: Sequence[int] = DEFAULT_BUCKETS) -> List[Tuple[int, Optional[int]]]:
+    """[(lo, hi)] with hi exclusive and None for the open last bucket; [0, 1) comes first."""
+    edges = [int(edge) for edge in lower_edges]
+    if any(edge < 1 for edge in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise EvaluationError(f"bucket edges must be strictly increasing integers >= 1, got {edges}")
+    if not edges or edges[0] != 1:
+        edges = [1] + edges
+    lows = [0] + edges
+    return [(lo, lows[i + 1] if i + 1 < len(lows) else None) for i, lo in enumerate(lows)]
+
+
+def parse_buckets(text: str) -> List[int]:
+    try:
+        return [int(edge) for edge in text.split(",") if edge.strip()]
+    except ValueError:
+        raise EvaluationError(f"--buckets must be comma-separated integers, got {text!r}")
+
+
+def bucket_of(frequency: int, ranges: Sequence[Tuple[int, Optional[int]]]) -> int:
+    for index, (lo, hi) in enumerate(ranges):
+        if hi is None or frequency < hi:
+            return index
+    raise AssertionError("the last bucket is open")
+
+
+def count_types(lines: Iterable[str]) -> Counter:
+    counts = Counter()
+    for line in lines:
+        counts.update(line.split())
+    return counts
+
+
+def analyse(train_counts: Dict[str, int], hypotheses: Sequence[str], references: Sequence[str],
+            lower_edges: Sequence[int] = DEFAULT_BUCKETS) -> List[dict]:
+    """Per-bucket statistics (the `buckets` list of longtail.json) of already-split text lines."""
+    if len(hypotheses) != len(references):
+        raise EvaluationError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    ranges = bucket_ranges(lower_edges)
+    n = len(ranges)
+    ref_count, hyp_count, matches = [0] * n, [0] * n, [0] * n
+    types = [set() for _ in range(n)]
+    bucket_cache: Dict[str, int] = {}
+
+    def bucket(token: str) -> int:
+        if token not in bucket_cache:
+            bucket_cache[token] = bucket_of(train_counts.get(token, 0), ranges)
+        return bucket_cache[token]
+
+    for hyp, ref in zip(hypotheses, references):
+        ref_tokens = Counter(ref.split())
+        hyp_tokens = Counter(hyp.split())
+        for token, count in ref_tokens.items():
+            b = bucket(token)
+            ref_count[b] += count
+            types[b].add(token)
+        for token, count in hyp_tokens.items():
+            b = bucket(token)
+            hyp_count[b] += count
+            matches[b] += min(count, ref_tokens.get(token, 0))
+            types[b].add(token)
+
+    buckets = []
+    for b, (lo, hi) in enumerate(ranges):
+        if matches[b]:
+            precision = matches[b] / hyp_count[b]
+            recall = matches[b] / ref_count[b]
+            f1 = 2 * precision * recall / (precision + recall)
+        else:
+            precision = recall = f1 = 0.0
+        buckets.append({
+            "lo": lo, "hi": hi, "types": len(types[b]),
+            "ref_count": ref_count[b], "hyp_count": hyp_count[b],
+            "ratio": hyp_count[b] / ref_count[b] if ref_count[b] else None,
+            "precision": precision, "recall": recall, "f1": f1,
+        })
+    return buckets
+
+
+def analyse_files(train_ref, hyp, ref, lower_edges: Sequence[int] = DEFAULT_BUCKETS, level: str = "token",
+                  subwords: str = "bpe") -> dict:
+    """longtail.json's content for text files; `subwords` (bpe | spm) says how `word` level joins units."""
+    if level not in LEVELS:
+        raise EvaluationError(f"level must be one of {LEVELS}, got {level!r}")
+    train_lines = read_lines(train_ref, "training target text")
+    hypotheses, references = read_parallel(hyp, ref)
+    if level == "word":
+        mode = POST_PROCESS_FOR_SUBWORDS[subwords]
+        train_lines, hypotheses, references = (
+            [remove_subwords(line, mode) for line in lines] for lines in (train_lines, hypotheses, references))
+    return {"level": level, "buckets": analyse(count_types(train_lines), hypotheses, references, lower_edges)}
+
+
+def bucket_label(bucket: dict) -> str:
+    """compare-mt's bucket names: 'unseen' for [0,1), '3' for [3,4), '[5,10)', '>=1000'."""
+    lo, hi = bucket["lo"], bucket["hi"]
+    if lo == 0:
+        return "unseen"
+    if hi is None:
+        return f">={lo}"
+    return str(lo) if hi == lo + 1 else f"[{lo},{hi})"
+
+
+def load_longtail(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"long-tail file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        buckets = data["buckets"]
+        for bucket in buckets:
+            missing = [key for key in BUCKET_KEYS if key not in bucket]
+            if missing:
+                raise KeyError(missing)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise EvaluationError(f"{path} is not a long-tail JSON file ({error!r})")
+    return data
+
+
+def format_table(result: dict) -> str:
+    rows = [f"{'bucket':>12} {'types':>7} {'ref':>8} {'hyp':>8} {'hyp/ref':>8} {'prec':>6} {'rec':>6} {'F1':>6}"]
+    for bucket in result["buckets"]:
+        ratio = "-" if bucket["ratio"] is None else f"{bucket['ratio']:.3f}"
+        rows.append(f"{bucket_label(bucket):>12} {bucket['types']:>7} {bucket['ref_count']:>8} "
+                    f"{bucket['hyp_count']:>8} {ratio:>8} {bucket['precision']:>6.3f} "
+                    f"{bucket['recall']:>6.3f} {bucket['f1']:>6.3f}")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="longtail.py",
+        description="Word/token accuracy by training frequency (compare-mt's analysis): per bucket "
+                    "types, reference and hypothesis counts, hyp/ref ratio, precision, recall, F1.")
+    parser.add_argument("--train-ref", required=True, help="training target text (as binarised: subwords)")
+    parser.add_argument("--hyp", required=True, help="hypotheses, one per line")
+    parser.add_argument("--ref", required=True, help="references, one per line")
+    parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
+                        help="lower edges of training-frequency buckets; a bucket for unseen types "
+                             "is always added (default: compare-mt's %(default)s)")
+    parser.add_argument("--level", choices=LEVELS, default="token",
+                        help="token: units as given; word: join subwords first (default: %(default)s)")
+    parser.add_argument("--subwords", choices=("bpe", "spm"), default="bpe",
+                        help="segmentation undone by --level word (default: %(default)s)")
+    parser.add_argument("--json", required=True, help="output JSON file")
+    parser.add_argument("--png", help="also plot F1 and hyp/ref ratio per bucket")
+    args = parser.parse_args(argv)
+    result = analyse_files(args.train_ref, args.hyp, args.ref, parse_buckets(args.buckets), args.level, args.subwords)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if args.png:
+        from labo_fairseq.evaluation.plots import plot_longtail
+
+        plot_longtail({Path(args.hyp).name: [result]}, args.png)
+    print(format_table(result))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, "longtail.py"))
