@@ -334,7 +334,7 @@ def run_main(tag, body):
     """Runs body(); turns PrepError/OSError/interrupts into a one-line message and an exit code."""
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_sigterm)
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         body()
     except PrepError as e:
@@ -347,4 +347,6 @@ def run_main(tag, body):
         where = f"{e.filename}: " if e.filename else ""
         print(f"{tag}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0

@@ -1,0 +1,144 @@
+"""Multi30k task-1 German-English: lowercase, Moses punctuation normalisation and tokenisation (the
+multi30k dataset repository's scripts/task1-tokenize.sh order), joint subwords (subword-nmt BPE or
+sentencepiece), fairseq-preprocess with a joined dictionary.
+
+Every requested test set becomes its own test split, named as fairseq-preprocess names the prefixes
+of --testpref: test, test1, test2, ...; test-sets.tsv records which raw set each one is, one
+line per split: <split><TAB><raw test set name>.
+No pair is dropped (no length cleaning), so the lines stay aligned with the dataset's images.
+"""
+import argparse
+import os
+from pathlib import Path
+
+from . import common
+from .common import DEFAULT_OUT, PrepError, Timer, log
+from .moses import MosesPipeline
+from .subwords import BpeSegmenter, SpmSegmenter, learn_bpe, train_spm
+
+TAG = "prepare-multi30k"
+URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{file}"
+SRC, TGT = "de", "en"
+NAME = "multi30k.de-en"
+DEFAULT_VOCAB = 8000
+
+
+def test_split_names(n):
+    return ["test" if i == 0 else f"test{i}" for i in range(n)]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="prepare-multi30k.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw-dir", type=Path,
+                        help="directory with train/val/test_*.{de,en}.gz (default: <out>/orig/multi30k, "
+                             "downloading missing files from the multi30k/dataset repository)")
+    parser.add_argument("--url", default=URL, help="download location pattern, {file} is the file name")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
+    parser.add_argument("--test-sets", default="test_2016_flickr",
+                        help="comma-separated raw test sets, in split order (default: %(default)s)")
+    parser.add_argument("--subwords", choices=["bpe", "spm"], default="bpe",
+                        help="joint subword-nmt BPE or a joint sentencepiece model (default: %(default)s)")
+    parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB,
+                        help="BPE merges, or sentencepiece vocabulary size (default: %(default)s)")
+    parser.add_argument("--spm-type", choices=["unigram", "bpe"], default="unigram",
+                        help="sentencepiece model type (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for tokenisation, subwords and binarisation (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    args = parser.parse_args(argv)
+    args.test_sets = [name.strip() for name in args.test_sets.split(",") if name.strip()]
+    if not args.test_sets:
+        parser.error("--test-sets needs at least one name")
+    if args.vocab < 1 or args.workers < 1:
+        parser.error("--vocab and --workers must be positive")
+    return args
+
+
+def raw_files(args, raw_names):
+    """Paths of the raw .gz files; downloads missing ones into the default raw directory only."""
+    raw_dir = args.raw_dir or (args.out / "orig" / "multi30k")
+    paths = {name: raw_dir / f"{name}.gz" for name in raw_names}
+    missing = [name for name, path in paths.items() if not path.exists()]
+    if missing and args.raw_dir is not None:
+        raise PrepError(f"{paths[missing[0]]}: file not found (expected {', '.join(n + '.gz' for n in missing)} "
+                        f"in {raw_dir})")
+    if missing:
+        try:
+            raw_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PrepError(f"cannot write to {raw_dir}: {e.strerror or e}") from None
+        for name in missing:
+            url = args.url.format(file=f"{name}.gz")
+            log(TAG, f"downloading {url}")
+            common.download(url, paths[name],
+                            f"put the files in a directory and pass --raw-dir DIR")
+    return paths
+
+
+def prepare(args):
+    text_final = args.out / NAME
+    bin_final = args.out / "data-bin" / NAME
+    raw_splits = ["train", "val"] + args.test_sets
+    splits = dict(zip(raw_splits, ["train", "valid"] + test_split_names(len(args.test_sets))))
+    total = Timer()
+    with common.StagedOutputs(args.out, [text_final, bin_final], args.force, TAG) as staging:
+        paths = raw_files(args, [f"{name}.{lang}" for name in raw_splits for lang in (SRC, TGT)])
+        text_dir, bin_dir = staging.staged(text_final), staging.staged(bin_final)
+        tok_dir = text_dir / "tok"
+        tok_dir.mkdir(parents=True)
+        counts = {}
+        for raw_name, split in splits.items():
+            timer = Timer()
+            for lang in (SRC, TGT):
+                pipeline = MosesPipeline(lang, ["lowercase", "normalize", "tokenize"])
+                common.map_file(pipeline, paths[f"{raw_name}.{lang}"], tok_dir / f"{split}.{lang}", args.workers)
+            counts[split] = common.check_parallel(tok_dir / f"{split}.{SRC}", tok_dir / f"{split}.{TGT}")
+            if counts[split] == 0:
+                raise PrepError(f"{paths[f'{raw_name}.{SRC}']}: no lines")
+            log(TAG, f"{raw_name} -> {split}: {counts[split]} pairs tokenised ({timer})")
+        empty = sum(1 for line in common.read_lines(tok_dir / f"train.{TGT}") if not line)
+        if empty == counts["train"]:
+            raise PrepError(f"{paths['train.' + TGT]}: every line is empty")
+
+        timer = Timer()
+        train_tok = [tok_dir / f"train.{SRC}", tok_dir / f"train.{TGT}"]
+        if args.subwords == "bpe":
+            n_merges = learn_bpe(train_tok, text_dir / "code", args.vocab, staging.work)
+            segmenter = BpeSegmenter(text_dir / "code")
+            log(TAG, f"learned {n_merges} BPE merges on train.{SRC} + train.{TGT} ({timer})")
+        else:
+            model = train_spm(train_tok, text_dir / "spm", args.vocab, args.spm_type, args.workers)
+            segmenter = SpmSegmenter(model)
+            log(TAG, f"trained a {args.spm_type} sentencepiece model on train.{SRC} + train.{TGT} ({timer})")
+        timer = Timer()
+        for split in splits.values():
+            for lang in (SRC, TGT):
+                common.map_file(segmenter, tok_dir / f"{split}.{lang}", text_dir / f"{split}.{lang}", args.workers)
+        log(TAG, f"applied subwords to {', '.join(splits.values())} ({timer})")
+        common.write_lines(text_dir / "test-sets.tsv",
+                           [f"{split}\t{raw}" for raw, split in splits.items() if split.startswith("test")])
+
+        timer = Timer()
+        test_splits = test_split_names(len(args.test_sets))
+        sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers)
+        log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
+        common.write_prepare_json(bin_dir, {
+            "dataset": "multi30k", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
+            "vocab": args.vocab, "spm_type": args.spm_type if args.subwords == "spm" else None,
+            "tokenizer": "moses", "moses_escape": True, "lowercase": True, "joined_dictionary": True,
+            "test_sets": {split: raw for raw, split in splits.items() if split.startswith("test")},
+            "pairs": counts,
+        })
+        staging.commit()
+    log(TAG, f"done in {total}: {text_final} and {bin_final}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return common.run_main(TAG, lambda: prepare(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

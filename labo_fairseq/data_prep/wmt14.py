@@ -1,0 +1,191 @@
+"""WMT'14 English-German after fairseq's examples/translation/prepare-wmt14en2de.sh (--icml17 corpora:
+Europarl v7 + CommonCrawl + News Commentary v9).
+
+Steps (counts are printed for each): train corpora through Moses normalize-punctuation,
+remove-non-printing-char and tokenizer -a (aggressive hyphen splitting); valid = newstest2013 and
+test = newstest2014 (<seg> lines of the .sgm files), ’ -> ', tokenizer -a; joint subwords learned
+on train.en + train.de: a sentencepiece model (default, 32k) or subword-nmt BPE (40k merges, the
+recipe's); clean-corpus-n on the subworded train set (ratio 1.5, 1..250 tokens); fairseq-preprocess
+--joined-dictionary (shared embeddings). Text is not lowercased.
+
+Differences from fairseq's script: its valid set is every 100th train pair (it downloads
+newstest2013 but does not use it); here valid is newstest2013, and all train pairs are train.
+"""
+import argparse
+import os
+from pathlib import Path
+
+from . import common
+from .common import DEFAULT_OUT, PrepError, Timer, log
+from .moses import MosesPipeline, clean_corpus, describe_cleaning
+from .subwords import BpeSegmenter, SpmSegmenter, learn_bpe, train_spm
+
+TAG = "prepare-wmt14en2de"
+SRC, TGT = "en", "de"
+NAME = "wmt14_en_de"
+NEWS_COMMENTARY = {
+    "v9": ("http://statmt.org/wmt14/training-parallel-nc-v9.tgz", "training/news-commentary-v9.de-en"),
+    "v12": ("http://data.statmt.org/wmt17/translation-task/training-parallel-nc-v12.tgz",
+            "training/news-commentary-v12.de-en"),
+}
+TRAIN_CORPORA = [
+    ("http://statmt.org/wmt13/training-parallel-europarl-v7.tgz", "training/europarl-v7.de-en"),
+    ("http://statmt.org/wmt13/training-parallel-commoncrawl.tgz", "commoncrawl.de-en"),
+]
+DEV_URL = "http://data.statmt.org/wmt17/translation-task/dev.tgz"
+TEST_URL = "http://statmt.org/wmt14/test-full.tgz"
+VALID_MEMBERS = {lang: f"dev/newstest2013.{lang}" for lang in (SRC, TGT)}
+TEST_MEMBERS = {SRC: "test-full/newstest2014-deen-src.en.sgm", TGT: "test-full/newstest2014-deen-ref.de.sgm"}
+DEFAULT_VOCAB = {"spm": 32000, "bpe": 40000}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="prepare-wmt14en2de.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw-dir", type=Path,
+                        help="directory with the statmt.org archives (training-parallel-*.tgz, dev.tgz, "
+                             "test-full.tgz) or their extracted files (default: <out>/orig/wmt14, "
+                             "downloading missing archives)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
+    parser.add_argument("--subwords", choices=["spm", "bpe"], default="spm",
+                        help="joint sentencepiece model or subword-nmt BPE (default: %(default)s)")
+    parser.add_argument("--vocab", type=int,
+                        help="sentencepiece vocabulary size (default 32000) or BPE merges (default 40000)")
+    parser.add_argument("--spm-type", choices=["unigram", "bpe"], default="unigram",
+                        help="sentencepiece model type (default: %(default)s)")
+    parser.add_argument("--news-commentary", choices=sorted(NEWS_COMMENTARY), default="v9",
+                        help="News Commentary release: v9 is WMT'14's (default), v12 what fairseq's "
+                             "script uses without --icml17")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for normalisation/tokenisation, subwords and binarisation "
+                             "(default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    args = parser.parse_args(argv)
+    if args.vocab is None:
+        args.vocab = DEFAULT_VOCAB[args.subwords]
+    if args.vocab < 1 or args.workers < 1:
+        parser.error("--vocab and --workers must be positive")
+    return args
+
+
+def needed_files(args):
+    """[(archive url, member)] for every raw file the recipe reads."""
+    corpora = TRAIN_CORPORA + [NEWS_COMMENTARY[args.news_commentary]]
+    needed = [(url, f"{prefix}.{lang}") for url, prefix in corpora for lang in (SRC, TGT)]
+    needed += [(DEV_URL, VALID_MEMBERS[lang]) for lang in (SRC, TGT)]
+    needed += [(TEST_URL, TEST_MEMBERS[lang]) for lang in (SRC, TGT)]
+    return needed
+
+
+def gather_raw_files(args, dest_dir):
+    """{member: path}: extracted files in the raw directory are used as they are, otherwise the members
+    are extracted from the archives there; archives are downloaded only into the default raw directory."""
+    raw_dir = args.raw_dir or (args.out / "orig" / "wmt14")
+    by_archive = {}
+    paths = {}
+    for url, member in needed_files(args):
+        if (raw_dir / member).is_file():
+            paths[member] = raw_dir / member
+        else:
+            by_archive.setdefault(url, []).append(member)
+    for url, members in by_archive.items():
+        archive = raw_dir / url.rsplit("/", 1)[1]
+        if not archive.exists():
+            if args.raw_dir is not None:
+                raise PrepError(f"{archive}: file not found (nor extracted {', '.join(members)} in {raw_dir})")
+            try:
+                raw_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PrepError(f"cannot write to {raw_dir}: {e.strerror or e}") from None
+            log(TAG, f"downloading {url}")
+            common.download(url, archive, "put the archives in a directory and pass --raw-dir DIR")
+        paths.update(zip(members, common.extract_members(archive, members, dest_dir)))
+        log(TAG, f"extracted {', '.join(members)} from {archive}")
+    return paths
+
+
+def prepare(args):
+    text_final = args.out / NAME
+    bin_final = args.out / "data-bin" / NAME
+    total = Timer()
+    with common.StagedOutputs(args.out, [text_final, bin_final], args.force, TAG) as staging:
+        tmp = staging.work
+        text_dir, bin_dir = staging.staged(text_final), staging.staged(bin_final)
+        text_dir.mkdir()
+        raw = gather_raw_files(args, tmp / "orig")
+
+        corpora = TRAIN_CORPORA + [NEWS_COMMENTARY[args.news_commentary]]
+        for _, prefix in corpora:
+            common.check_parallel(raw[f"{prefix}.{SRC}"], raw[f"{prefix}.{TGT}"])
+        for lang in (SRC, TGT):
+            pipeline = MosesPipeline(lang, ["normalize", "remove-non-printing", "tokenize-aggressive"])
+            with open(tmp / f"train.tok.{lang}", "w", encoding="utf-8", newline="\n") as out:
+                for _, prefix in corpora:
+                    timer = Timer()
+                    n = 0
+                    for line in common.map_lines(pipeline, common.read_lines(raw[f"{prefix}.{lang}"]), args.workers):
+                        out.write(line + "\n")
+                        n += 1
+                    log(TAG, f"{prefix}.{lang}: {n} lines normalised and tokenised ({timer})")
+
+        counts = {}
+        for split, members, extract in (("valid", VALID_MEMBERS, common.read_lines),
+                                        ("test", TEST_MEMBERS, common.extract_segments)):
+            for lang in (SRC, TGT):
+                pipeline = MosesPipeline(lang, ["apostrophe", "tokenize-aggressive"])
+                counts[(split, lang)] = common.write_lines(
+                    tmp / f"{split}.tok.{lang}", common.map_lines(pipeline, extract(raw[members[lang]]), args.workers))
+            if counts[(split, SRC)] != counts[(split, TGT)]:
+                raise PrepError(f"line-count mismatch: {raw[members[SRC]]} has {counts[(split, SRC)]} segments, "
+                                f"{raw[members[TGT]]} has {counts[(split, TGT)]}")
+            log(TAG, f"{split} ({Path(members[SRC]).name.split('.')[0].split('-')[0]}): "
+                     f"{counts[(split, SRC)]} pairs tokenised")
+
+        timer = Timer()
+        train_tok = [tmp / f"train.tok.{SRC}", tmp / f"train.tok.{TGT}"]
+        if args.subwords == "bpe":
+            n_merges = learn_bpe(train_tok, text_dir / "code", args.vocab, tmp)
+            segmenter = BpeSegmenter(text_dir / "code")
+            log(TAG, f"learned {n_merges} BPE merges on train.{SRC} + train.{TGT} ({timer})")
+        else:
+            model = train_spm(train_tok, text_dir / "spm", args.vocab, args.spm_type, args.workers)
+            segmenter = SpmSegmenter(model)
+            log(TAG, f"trained a {args.spm_type} sentencepiece model on train.{SRC} + train.{TGT} ({timer})")
+        timer = Timer()
+        for split in ("train", "valid", "test"):
+            for lang in (SRC, TGT):
+                dest = (tmp / f"train.sub.{lang}") if split == "train" else (text_dir / f"{split}.{lang}")
+                common.map_file(segmenter, tmp / f"{split}.tok.{lang}", dest, args.workers)
+        log(TAG, f"applied subwords to train, valid, test ({timer})")
+
+        n_in, n_train, dropped = clean_corpus(tmp / f"train.sub.{SRC}", tmp / f"train.sub.{TGT}",
+                                              text_dir / f"train.{SRC}", text_dir / f"train.{TGT}",
+                                              min_len=1, max_len=250, ratio=1.5)
+        log(TAG, f"clean-corpus-n on subworded train (1..250 tokens, ratio 1.5): "
+                 f"{describe_cleaning(n_in, n_train, dropped)}")
+        if n_train == 0:
+            raise PrepError(f"no training pairs left after cleaning {', '.join(str(raw[f'{p}.{SRC}']) for _, p in corpora)}")
+
+        timer = Timer()
+        sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers)
+        log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
+        common.write_prepare_json(bin_dir, {
+            "dataset": "wmt14_en_de", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
+            "vocab": args.vocab, "spm_type": args.spm_type if args.subwords == "spm" else None,
+            "news_commentary": args.news_commentary, "tokenizer": "moses", "moses_aggressive_dash_splits": True,
+            "moses_escape": True, "lowercase": False, "joined_dictionary": True,
+            "test_sets": {"valid": "newstest2013", "test": "newstest2014"},
+            "pairs": {"train": n_train, "valid": counts[("valid", SRC)], "test": counts[("test", SRC)]},
+        })
+        staging.commit()
+    log(TAG, f"done in {total}: {text_final} and {bin_final}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return common.run_main(TAG, lambda: prepare(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
