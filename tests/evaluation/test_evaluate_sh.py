@@ -1,0 +1,88 @@
+"""scripts/evaluate.sh end to end on the tiny trained model: the scores it records are the ones
+fairseq-generate, fairseq-score and the sacrebleu CLI print for the same text."""
+import json
+import re
+
+from tests.toy import REPO_ROOT, run_cli
+
+EVALUATE = REPO_ROOT / "scripts" / "evaluate.sh"
+
+
+def read(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_bleu_equals_fairseq_generate_line(toy_evaluation):
+    scores = json.loads((toy_evaluation / "scores.json").read_text())
+    generate_lines = [l for l in read(toy_evaluation / "generate.out") if l.startswith("Generate test with beam=5: ")]
+    assert len(generate_lines) == 1
+    printed = generate_lines[0].split(": ", 1)[1]
+    assert printed.startswith("BLEU4 = ")
+    assert scores["bleu"]["string"] == printed == scores["generate_bleu"]
+    assert f"{scores['bleu']['score']:.2f}" == re.match(r"BLEU4 = ([\d.]+),", printed).group(1)
+    # fairseq-score on the written files reproduces it too (files == what fairseq scored)
+    proc = run_cli(["fairseq-score", "--sys", toy_evaluation / "hyp.txt", "--ref", toy_evaluation / "ref.txt"])
+    assert proc.stdout.strip().splitlines()[-1] == printed
+
+
+def test_sacrebleu_and_chrf_equal_sacrebleu_cli(toy_evaluation):
+    scores = json.loads((toy_evaluation / "scores.json").read_text())
+    proc = run_cli(["sacrebleu", toy_evaluation / "ref.detok.txt", "-i", toy_evaluation / "hyp.detok.txt",
+                    "-m", "bleu", "chrf", "-w", "4"])
+    bleu, chrf = json.loads(proc.stdout)
+    assert (bleu["name"], chrf["name"]) == ("BLEU", "chrF2")
+    assert round(scores["sacrebleu"]["score"], 4) == bleu["score"]
+    assert round(scores["chrf"]["score"], 4) == chrf["score"]
+    assert scores["chrf"]["score"] > 0  # the toy model gets some characters right
+    assert scores["sacrebleu"]["signature"] == bleu["signature"]
+    assert scores["chrf"]["signature"] == chrf["signature"]
+
+
+def test_files_follow_sentence_ids_and_metadata(toy_evaluation, toy_data_bin):
+    text_dir = toy_data_bin.parent / "text"
+    # generate emits batches sorted by length; the files must be back in corpus order
+    assert read(toy_evaluation / "ref.txt") == read(text_dir / "test.tgt")
+    assert read(toy_evaluation / "src.txt") == read(text_dir / "test.src")
+    assert len(read(toy_evaluation / "hyp.txt")) == 40
+    scores = json.loads((toy_evaluation / "scores.json").read_text())
+    assert scores["num_sentences"] == 40
+    assert (scores["subset"], scores["beam"], scores["lenpen"]) == ("test", 5, 1.0)
+    assert (scores["post_process"], scores["target_lang"], scores["source_lang"]) == ("subword_nmt", "tgt", "src")
+    assert (toy_evaluation / "generate.log").is_file()
+
+
+def test_extra_fairseq_args_after_double_dash(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    out_dir = tmp_path / "nbest"
+    run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint, out_dir, "--cpu", "--beam", "2",
+             "--", "--nbest", "2"])
+    generate_out = (out_dir / "generate.out").read_text()
+    assert generate_out.count("\nD-0\t") + generate_out.startswith("D-0\t") == 2
+    assert len(read(out_dir / "hyp.txt")) == 40  # best hypothesis only
+    scores = json.loads((out_dir / "scores.json").read_text())
+    assert scores["bleu"]["string"] == scores["generate_bleu"]
+
+
+def _assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    error_lines = [l for l in proc.stderr.splitlines() if "error:" in l]
+    assert len(error_lines) == 1, proc.stderr
+    for needle in needles:
+        assert str(needle) in error_lines[0]
+
+
+def test_missing_checkpoint_is_an_error(toy_data_bin, tmp_path):
+    missing = tmp_path / "no-such-checkpoint.pt"
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, missing, tmp_path / "out"], check=False)
+    _assert_one_line_error(proc, missing)
+
+
+def test_missing_split_is_an_error(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint, tmp_path / "out", "--subset", "test7"],
+                   check=False)
+    _assert_one_line_error(proc, toy_data_bin, "test7")
+
+
+def test_help():
+    proc = run_cli(["bash", EVALUATE, "--help"])
+    assert "usage: scripts/evaluate.sh DATA_BIN CHECKPOINT OUT_DIR" in proc.stdout
