@@ -17,7 +17,7 @@ from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, FairseqDecoder
-from fairseq.models.transformer import TransformerDecoderBase
+from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from omegaconf import II
 
 from labo_fairseq.functional import labo_cross_entropy, labo_linear_cross_entropy
@@ -87,6 +87,14 @@ def _unwrap(model):
     return model
 
 
+# Model-level get_normalized_probs that only hand over to the decoder's plain log_softmax
+# (TransformerModelBase re-declares it for TorchScript).
+_PLAIN_MODEL_NORMALISATION = (
+    BaseFairseqModel.get_normalized_probs,
+    TransformerModelBase.get_normalized_probs,
+)
+
+
 def _overrides(obj, base, name):
     return getattr(type(obj), name) is not getattr(base, name)
 
@@ -109,7 +117,8 @@ def loss_path(model) -> str:
         )
     plain_normalisation = (
         isinstance(decoder, FairseqDecoder)
-        and not _overrides(model, BaseFairseqModel, "get_normalized_probs")
+        and type(model).get_normalized_probs in _PLAIN_MODEL_NORMALISATION
+        and not _overrides(model, BaseFairseqModel, "get_normalized_probs_scriptable")
         and not _overrides(decoder, FairseqDecoder, "get_normalized_probs")
         and not _overrides(decoder, FairseqDecoder, "get_normalized_probs_scriptable")
     )

@@ -1,0 +1,102 @@
+"""`fairseq-train --user-dir labo_fairseq --criterion label_smoothed_labo` through the real CLIs."""
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+
+from tests.toy import BIN_DIR, REPO_ROOT, run_cli, train
+
+USER_DIR = str(REPO_ROOT / "labo_fairseq")
+LABO = ["--user-dir", USER_DIR, "--criterion", "label_smoothed_labo"]
+
+
+def train_inner(log: str):
+    """{num_updates: {key: value}} from fairseq's `--log-format simple` train_inner lines."""
+    rows = {}
+    for line in log.splitlines():
+        if "| train_inner |" in line:
+            fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
+            rows[int(fields["num_updates"])] = fields
+    return rows
+
+
+def test_labo_training_runs_and_logs_fairseq_keys(toy_data_bin, tmp_path):
+    proc = train(toy_data_bin, tmp_path / "ckpt", [*LABO, "--report-accuracy"], max_update=30)
+    rows = train_inner(proc.stdout)
+    assert sorted(rows) == list(range(1, 31))
+    for key in ("loss", "nll_loss", "ppl", "q_entropy", "accuracy", "wpb"):
+        assert key in rows[1], key
+    first = sum(float(rows[u]["loss"]) for u in range(1, 4)) / 3
+    last = sum(float(rows[u]["loss"]) for u in range(28, 31)) / 3
+    assert last < first - 0.5, (first, last)
+    assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss [\d.]+ \| q_entropy", proc.stdout)
+    assert (tmp_path / "ckpt" / "checkpoint_best.pt").exists()
+
+
+def test_tau_inf_reproduces_fairseq_label_smoothing_update_by_update(toy_data_bin, tmp_path):
+    labo = train_inner(train(toy_data_bin, tmp_path / "labo", [*LABO, "--labo-tau", "inf"], max_update=12).stdout)
+    ls = train_inner(train(toy_data_bin, tmp_path / "ls", ["--criterion", "label_smoothed_cross_entropy",
+                                                           "--label-smoothing", "0.1"], max_update=12).stdout)
+    assert sorted(labo) == sorted(ls) == list(range(1, 13))
+    for update in ls:
+        for key in ("loss", "nll_loss", "gnorm"):
+            # fairseq prints 3 decimals: allow one unit of rounding
+            assert float(labo[update][key]) == pytest.approx(float(ls[update][key]), abs=1.01e-3), (update, key)
+
+
+def test_tsla_stops_smoothing_after_n_updates_and_across_a_resume(toy_data_bin, tmp_path):
+    save_dir = tmp_path / "ckpt"
+    first = train_inner(train(toy_data_bin, save_dir, [*LABO, "--smoothing-stop-update", "8"], max_update=10).stdout)
+    for update, row in first.items():
+        smoothed = update <= 8  # the first 8 updates smooth; from the 9th on alpha = 0
+        assert (row["loss"] != row["nll_loss"]) == smoothed, (update, row["loss"], row["nll_loss"])
+    # Resume from checkpoint_last.pt: training continues at update 11 and stays unsmoothed.
+    proc = train(toy_data_bin, save_dir, [*LABO, "--smoothing-stop-update", "8"], max_update=14)
+    assert "Loaded checkpoint" in proc.stdout or "loaded checkpoint" in proc.stdout
+    resumed = train_inner(proc.stdout)
+    assert sorted(resumed) == [11, 12, 13, 14]
+    assert all(row["loss"] == row["nll_loss"] for row in resumed.values())
+
+
+def test_generate_from_a_labo_checkpoint(toy_data_bin, tmp_path):
+    train(toy_data_bin, tmp_path / "ckpt", LABO, max_update=10)
+    proc = run_cli(["fairseq-generate", toy_data_bin, "--path", tmp_path / "ckpt" / "checkpoint_best.pt",
+                    "--user-dir", USER_DIR, "--cpu", "--beam", "2", "--batch-size", "16"])
+    assert sum(line.startswith("H-") for line in proc.stdout.splitlines()) == 40
+    assert "BLEU4 = " in proc.stdout
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_data_parallel_matches_single_process(toy_data_bin, tmp_path):
+    """2 workers x 1 batch per update == 1 worker x update-freq 2 over the same batches."""
+    common = [str(toy_data_bin), "--cpu", "--arch", "transformer", "--encoder-layers", "1",
+              "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+              "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+              "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+              "--share-decoder-input-output-embed", "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
+              "--max-tokens", "500", "--max-update", "6", "--seed", "1", "--no-save", "--disable-validation",
+              "--log-format", "simple", "--log-interval", "1", "--no-progress-bar", *LABO]
+    port = str(_free_port())
+    workers = []
+    for rank in (0, 1):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
+                   OMP_NUM_THREADS="1")
+        workers.append(subprocess.Popen([str(BIN_DIR / "fairseq-train"), *common, "--distributed-backend", "gloo"],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out[-4000:]
+    assert "distributed_world_size': 2" in outputs[0]
+    distributed = train_inner(outputs[0])
+    single = train_inner(run_cli(["fairseq-train", *common, "--update-freq", "2"]).stdout)
+    assert sorted(distributed) == sorted(single) == list(range(1, 7))
+    for update in single:
+        for key in ("loss", "nll_loss", "q_entropy", "gnorm", "wpb"):
+            assert float(distributed[update][key]) == pytest.approx(float(single[update][key]), abs=1.01e-3), (update, key)
