@@ -2,7 +2,7 @@
 message with a non-zero exit status instead of a traceback."""
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 
 class EvaluationError(Exception):
@@ -24,7 +24,7 @@ def read_lines(path, what: str = "file", allow_empty: bool = False) -> List[str]
     return lines
 
 
-def read_parallel(hyp_path, ref_path) -> (List[str], List[str]):
+def read_parallel(hyp_path, ref_path) -> Tuple[List[str], List[str]]:
     """Hypothesis and reference lines, which must be equally many and not zero."""
     hyps = read_lines(hyp_path, "hypothesis file")
     refs = read_lines(ref_path, "reference file")
