@@ -42,18 +42,27 @@ class BpeSegmenter:
         return [self._bpe.process_line(line) for line in block]
 
 
-def train_spm(train_paths, model_prefix, vocab_size, model_type, workers, max_sentences=10_000_000):
-    """A joint sentencepiece model over train_paths; returns the model path.
+def _lines_of(paths):
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+
+def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sentences=10_000_000):
+    """A joint sentencepiece model over train_paths, written to model_path.
 
     fairseq adds its own <s>, </s>, <pad>, so the model keeps only <unk>. The vocabulary size is a soft
-    limit so that tiny corpora do not fail; on real corpora it is reached exactly. Sampling of training
-    sentences (only when the corpus exceeds max_sentences) uses a fixed seed for reproducibility.
+    limit so that tiny corpora do not fail; on real corpora it is reached exactly. Sentences are fed
+    from Python rather than by file name because the model records its input paths (which would make
+    the file differ between runs); sampling (only past max_sentences) uses a fixed seed.
     """
     import sentencepiece as spm
     spm.set_random_generator_seed(SPM_SEED)
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            input=",".join(str(p) for p in train_paths), model_prefix=str(model_prefix),
+            sentence_iterator=_lines_of(train_paths), model_writer=model,
             vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
             num_threads=workers, input_sentence_size=max_sentences, shuffle_input_sentence=True,
             hard_vocab_limit=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
@@ -61,7 +70,8 @@ def train_spm(train_paths, model_prefix, vocab_size, model_type, workers, max_se
     except (RuntimeError, OSError) as e:
         raise PrepError(f"sentencepiece training on {', '.join(map(str, train_paths))} failed: "
                         f"{str(e).strip().splitlines()[-1]}") from None
-    return Path(f"{model_prefix}.model")
+    Path(model_path).write_bytes(model.getvalue())
+    return Path(model_path)
 
 
 class SpmSegmenter:

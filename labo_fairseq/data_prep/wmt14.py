@@ -149,7 +149,7 @@ def prepare(args):
             segmenter = BpeSegmenter(text_dir / "code")
             log(TAG, f"learned {n_merges} BPE merges on train.{SRC} + train.{TGT} ({timer})")
         else:
-            model = train_spm(train_tok, text_dir / "spm", args.vocab, args.spm_type, args.workers)
+            model = train_spm(train_tok, text_dir / "spm.model", args.vocab, args.spm_type, args.workers)
             segmenter = SpmSegmenter(model)
             log(TAG, f"trained a {args.spm_type} sentencepiece model on train.{SRC} + train.{TGT} ({timer})")
         timer = Timer()
