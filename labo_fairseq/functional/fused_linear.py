@@ -20,7 +20,7 @@ from ._validate import check_linear, check_scalars, check_target
 
 DEFAULT_CHUNK = 4096
 TOKEN_BLOCK = 256  # rows per block: big enough that the matmuls are compute bound
-STORE_ELEMENTS = 1 << 23  # [rows, V] exp store per token block (32 MiB in float32)
+STORE_ELEMENTS = 1 << 22  # [rows, V] exp store per token block (16 MiB in float32)
 
 
 def _token_rows(n: int, vocab: int) -> int:
