@@ -49,7 +49,7 @@ def _lines_of(paths):
                 yield line.rstrip("\n")
 
 
-def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sentences=10_000_000):
+def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sentences=4_000_000):
     """A joint sentencepiece model over train_paths, written to model_path.
 
     fairseq adds its own <s>, </s>, <pad>, so the model keeps only <unk>. The vocabulary size is a soft
