@@ -1,12 +1,13 @@
 """LABO label regularization for fairseq.
 
-`labo_fairseq.functional` holds the loss (plain PyTorch, no fairseq import). Importing this
-package also registers the fairseq criterion `label_smoothed_labo` when fairseq is installed,
-which is what `fairseq-train --user-dir labo_fairseq` relies on.
+`labo_fairseq.functional` holds the loss (plain PyTorch, no fairseq import). When fairseq is
+already imported, as it is when `fairseq-train --user-dir labo_fairseq` loads this package,
+importing it also registers the criterion `label_smoothed_labo`; data preparation and
+evaluation commands import this package without paying for fairseq's start-up.
 """
-import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-if importlib.util.find_spec("fairseq") is not None:
+if "fairseq" in sys.modules:
     from labo_fairseq import criterions  # noqa: F401  (registers the criterion)

@@ -32,7 +32,8 @@ if step_needed requirements "$key"; then
     step_done requirements "$key"
 fi
 
-key=$(hash_of "$PATCH" scripts/setup_env.sh requirements.txt)
+# fairseq is rebuilt when the patch, this script or a pin it compiles against changes.
+key=$( (cat "$PATCH" scripts/setup_env.sh; grep -iE '^(torch|numpy|cython|setuptools|wheel)==' requirements.txt) | sha256sum | cut -d' ' -f1)
 if step_needed fairseq "$key"; then
     echo "[setup_env] building fairseq $FAIRSEQ_VERSION from its sdist with $(basename "$PATCH")"
     build=$(mktemp -d)

@@ -1,0 +1,46 @@
+"""Checkpoint averaging (what fairseq's scripts/average_checkpoints.py does; that script is not
+part of the installed fairseq package)."""
+import re
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+
+def last_epoch_checkpoints(save_dir, n: int) -> List[Path]:
+    """The `n` checkpointN.pt files of the highest epochs, oldest first."""
+    found = sorted((int(m.group(1)), p) for p in Path(save_dir).glob("checkpoint*.pt")
+                   if (m := re.fullmatch(r"checkpoint(\d+)\.pt", p.name)))
+    if len(found) < n:
+        raise ValueError(f"average_last={n} needs {n} epoch checkpoints in {save_dir}, found {len(found)} "
+                         f"(is --no-epoch-checkpoints set, or --keep-last-epochs smaller?)")
+    return [p for _, p in found[-n:]]
+
+
+def average_checkpoints(paths: Sequence, out_path) -> Path:
+    """Writes a checkpoint whose model parameters are the mean of those in `paths`; everything
+    else (cfg, dictionaries' settings) comes from the last one. Loads through fairseq's loader, so
+    the same weights-only rules apply."""
+    from fairseq import checkpoint_utils
+
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    total = None
+    for path in paths:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+        model = state["model"]
+        if total is None:
+            total = {k: v.double() if v.is_floating_point() else v.clone() for k, v in model.items()}
+        elif model.keys() != total.keys():
+            raise ValueError(f"{path} has other parameters than {paths[0]}; cannot average them")
+        else:
+            for k, v in model.items():
+                if v.is_floating_point():
+                    total[k] += v.double()
+    state["model"] = {k: (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v
+                      for k, v in total.items()}
+    out_path = Path(out_path)
+    tmp = out_path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out_path)  # no half-written checkpoint where evaluation would pick it up
+    return out_path
