@@ -22,6 +22,7 @@ def average_checkpoints(paths: Sequence, out_path) -> Path:
     else (cfg, dictionaries' settings) comes from the last one. Loads through fairseq's loader, so
     the same weights-only rules apply."""
     from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
 
     if not paths:
         raise ValueError("no checkpoints to average")
@@ -39,6 +40,11 @@ def average_checkpoints(paths: Sequence, out_path) -> Path:
                     total[k] += v.double()
     state["model"] = {k: (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v
                       for k, v in total.items()}
+    # fairseq's loader hands back cfg as an OmegaConf object; store it as fairseq's trainer does
+    # (a plain container), which its weights-only loader accepts. Optimizer state is not needed.
+    if OmegaConf.is_config(state.get("cfg")):
+        state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
+    state.pop("last_optimizer_state", None)
     out_path = Path(out_path)
     tmp = out_path.with_suffix(".tmp")
     torch.save(state, tmp)

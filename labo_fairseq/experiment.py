@@ -322,7 +322,7 @@ def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None
         _say(f"run {i}/{len(runs)}: {run.name}")
         try:
             status[run.name] = execute_run(recipe, run)
-        except (RuntimeError, RecipeError, OSError) as error:
+        except (RuntimeError, ValueError, OSError) as error:  # ValueError: also RecipeError
             status[run.name] = f"failed: {error}"
             (run.run_dir / "FAILED").write_text(f"{error}\n", encoding="utf-8")
             _say(f"{run.name}: FAILED: {error}")

@@ -88,7 +88,8 @@ def test_shipped_recipes_load(recipe_name):
 
 
 def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_path):
-    recipe = write_recipe(tmp_path / "tiny.toml", toy_data_bin, LS_AND_LABO)
+    recipe = write_recipe(tmp_path / "tiny.toml", toy_data_bin, LS_AND_LABO, max_update=16,
+                          average_last=2)  # 16 updates = 2 epochs of 8 batches
     out = tmp_path / "exp"
     proc = run_experiment(recipe, out)
     for run in ("ls-seed1", "labo-tau1.25-seed1"):
@@ -96,8 +97,9 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
         info = json.loads((run_dir / "run.json").read_text())
         assert info["seed"] == 1 and info["train_command"][0].endswith("fairseq-train")
         assert (run_dir / "command.sh").read_text().startswith(str(BIN_DIR / "fairseq-train"))
-        assert "num_updates 12" in (run_dir / "train.log").read_text()
-        assert (run_dir / "checkpoints" / "checkpoint_best.pt").exists()
+        assert "num_updates 16" in (run_dir / "train.log").read_text()
+        assert (run_dir / "checkpoints" / "checkpoint.avg2.pt").exists()  # evaluated: last 2 epochs averaged
+        assert json.loads((run_dir / "eval" / "test" / "scores.json").read_text())["checkpoint"].endswith("avg2.pt")
         scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
         assert {"bleu", "sacrebleu", "chrf"} <= scores.keys()
         longtail = json.loads((run_dir / "eval" / "test" / "longtail.json").read_text())

@@ -67,11 +67,12 @@ def preprocess(text_dir: Path, dest: Path, src="src", tgt="tgt", joined=True):
     return dest
 
 
-def train(data_bin: Path, save_dir: Path, criterion_args, max_update=10, extra=(), seed=1, cwd=None):
+def train(data_bin: Path, save_dir: Path, criterion_args, max_update=10, extra=(), seed=1, cwd=None,
+          epoch_checkpoints=False):
     """Trains TINY_TRANSFORMER_ARGS on CPU; returns the CompletedProcess (log in stdout)."""
     args = ["fairseq-train", data_bin, "--cpu", *TINY_TRANSFORMER_ARGS,
             "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500",
             "--max-update", str(max_update), "--save-dir", save_dir, "--seed", str(seed),
             "--log-format", "simple", "--log-interval", "1", "--no-progress-bar",
-            "--no-epoch-checkpoints", *criterion_args, *extra]
+            *([] if epoch_checkpoints else ["--no-epoch-checkpoints"]), *criterion_args, *extra]
     return run_cli(args, cwd=cwd)
