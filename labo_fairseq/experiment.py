@@ -117,7 +117,7 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
             tau = float(tau)
             if kind == "labo":
                 methods.append(Method("labo", f"labo-tau{_fmt_tau(tau)}", entry.get("label", f"LABO τ={_fmt_tau(tau)}"),
-                                      _labo_args(alpha, tau, extra), {"label_smoothing": alpha, "tau": tau}))
+                                      _labo_args(alpha, tau, extra), {"label_smoothing": alpha, "tau": _fmt_tau(tau)}))
             else:
                 stop = entry.get("stop_update")
                 if not isinstance(stop, int) or stop < 1:
@@ -127,7 +127,7 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
                     "tsla", f"tsla-tau{_fmt_tau(tau)}-stop{stop}",
                     entry.get("label", f"TSLA ({smoothing}, stop {stop})"),
                     _labo_args(alpha, tau, ["--smoothing-stop-update", str(stop), *extra]),
-                    {"label_smoothing": alpha, "tau": tau, "stop_update": stop}))
+                    {"label_smoothing": alpha, "tau": _fmt_tau(tau), "stop_update": stop}))
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
