@@ -171,3 +171,11 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(toy_data_bin, tmp
     assert loaded and "@ 0 updates" not in loaded[-1]
     assert "num_updates 400" in log
     assert json.loads((out / "experiment.json").read_text())["runs"] == {"labo-tau1.25-seed1": "done"}
+
+
+def test_demo_names_the_missing_raw_file(tmp_path):
+    (tmp_path / "train.de.gz").write_bytes(b"")
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "demo.sh")], env=dict(os.environ, DATA_DIR=str(tmp_path)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"DATA_DIR={tmp_path} has no train.en.gz" in proc.stderr
