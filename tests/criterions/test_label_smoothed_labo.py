@@ -189,3 +189,27 @@ def test_bf16_model_trains_through_the_fused_path(toy_data_bin):
     model64 = build(toy_data_bin, "--criterion", "label_smoothed_labo")[1]
     loss64, _, _ = criterion(model64, sample)
     assert loss.item() == pytest.approx(loss64.item(), rel=3e-2)
+
+
+def test_decoder_with_its_own_normalisation_takes_the_lprobs_path(toy_data_bin):
+    task, model, criterion = build(toy_data_bin, "--criterion", "label_smoothed_labo")
+    sample = batches(task, n=1)[0]
+    fused_loss, _, _ = criterion(model, sample)
+
+    class OwnNormalisation(type(model.decoder)):
+        def get_normalized_probs(self, net_output, log_probs, sample=None):
+            return super().get_normalized_probs(net_output, log_probs, sample)
+
+    model.decoder.__class__ = OwnNormalisation
+    assert loss_path(model) == "lprobs"
+    loss, _, _ = criterion(model, sample)
+    # fairseq's get_normalized_probs returns float32 log-probabilities even for a float64 model
+    torch.testing.assert_close(loss, fused_loss, rtol=1e-5, atol=1e-5, check_dtype=False)
+
+
+def test_adaptive_softmax_is_refused_with_a_clear_error(toy_data_bin):
+    arch = [a for a in TINY_TRANSFORMER_ARGS if a != "--share-decoder-input-output-embed"]
+    task, model, criterion = build(toy_data_bin, "--criterion", "label_smoothed_labo",
+                                   "--adaptive-softmax-cutoff", "20,40", arch_args=arch)
+    with pytest.raises(ValueError, match="does not support adaptive softmax"):
+        criterion(model, batches(task, n=1)[0])
