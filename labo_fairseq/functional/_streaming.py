@@ -133,6 +133,29 @@ class RowResult(NamedTuple):
     correct: Optional[torch.Tensor]
 
 
+class RowResults:
+    """Per-row results of a forward sweep over all rows, filled block by block."""
+
+    def __init__(self, n: int, device, dtype: torch.dtype, want_stats: bool):
+        self.loss = torch.empty(n, device=device, dtype=dtype)
+        self.nll = torch.empty_like(self.loss)
+        self.lse = torch.empty_like(self.loss)
+        self.m_ref = torch.empty_like(self.loss)
+        self.log_sum_q = torch.empty_like(self.loss)
+        self.q_entropy = torch.empty_like(self.loss) if want_stats else None
+        self.correct = torch.empty(n, device=device, dtype=torch.bool) if want_stats else None
+
+    def store(self, r0: int, r1: int, res: RowResult) -> None:
+        self.loss[r0:r1] = res.loss
+        self.nll[r0:r1] = res.nll
+        self.lse[r0:r1] = res.lse
+        self.m_ref[r0:r1] = res.m_ref
+        self.log_sum_q[r0:r1] = res.log_sum_q
+        if self.q_entropy is not None:
+            self.q_entropy[r0:r1] = res.q_entropy
+            self.correct[r0:r1] = res.correct
+
+
 def finalize(acc: RowAccumulator, z_gold: torch.Tensor, alpha: float) -> RowResult:
     m, s, sq, w = acc.m_ref, acc.sum_p, acc.sum_q, acc.wsum
     gold_wins = z_gold >= m

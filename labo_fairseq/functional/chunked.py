@@ -11,7 +11,9 @@ from typing import Optional
 
 import torch
 
-from ._streaming import LaboStats, RowAccumulator, compute_dtype, finalize, grad_block, grad_from_exps
+from ._streaming import (
+    LaboStats, RowAccumulator, RowResults, compute_dtype, finalize, grad_block, grad_from_exps,
+)
 from ._validate import check_logits, check_scalars, check_target
 
 # Measured on CPU (see benchmarks/RESULTS.md): 8k columns keeps per-op overhead low while a
@@ -72,13 +74,7 @@ class _LaboChunkedFunction(torch.autograd.Function):
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if precompute else None
 
         z_gold = logits.gather(1, y.unsqueeze(1)).squeeze(1).to(cdt)
-        loss_rows = torch.empty(N, device=dev, dtype=cdt)
-        nll_rows = torch.empty_like(loss_rows)
-        lse = torch.empty_like(loss_rows)
-        m_ref = torch.empty_like(loss_rows)
-        log_sq = torch.empty_like(loss_rows)
-        q_ent = torch.empty_like(loss_rows) if want_stats else None
-        correct = torch.empty(N, device=dev, dtype=torch.bool) if want_stats else None
+        rows_out = RowResults(N, dev, cdt, want_stats)
 
         if precompute:
             # keep the row block's exps (one or two [rows, V] stores) for the gradient sweep
@@ -114,14 +110,7 @@ class _LaboChunkedFunction(torch.autograd.Function):
                     eq_out = None if eq_work is None else _view(eq_work, nr, c1 - c0)
                 refs.append(acc.update(z, c0, _view(work, nr, c1 - c0), e_out, eq_out))
             res = finalize(acc, z_gold[r0:r1], alpha)
-            loss_rows[r0:r1] = res.loss
-            nll_rows[r0:r1] = res.nll
-            lse[r0:r1] = res.lse
-            m_ref[r0:r1] = res.m_ref
-            log_sq[r0:r1] = res.log_sum_q
-            if want_stats:
-                q_ent[r0:r1] = res.q_entropy
-                correct[r0:r1] = res.correct
+            rows_out.store(r0, r1, res)
             if precompute:
                 for k, c0 in enumerate(range(0, V, chunk)):
                     c1 = min(V, c0 + chunk)
@@ -135,15 +124,15 @@ class _LaboChunkedFunction(torch.autograd.Function):
                     if gwork is not None:
                         dst.copy_(out)
 
-        loss = _reduce(loss_rows, keep, reduction)
-        nll = _reduce(nll_rows, keep, reduction)
+        loss = _reduce(rows_out.loss, keep, reduction)
+        nll = _reduce(rows_out.nll, keep, reduction)
         ctx.mark_non_differentiable(nll)
         outputs = [loss, nll]
         if want_stats:
-            stats = _make_stats(q_ent, correct, keep, N)
+            stats = _make_stats(rows_out.q_entropy, rows_out.correct, keep, N)
             ctx.mark_non_differentiable(*stats)
             outputs += list(stats)
-        ctx.save_for_backward(logits, y, lse, m_ref, log_sq, row_scale)
+        ctx.save_for_backward(logits, y, rows_out.lse, rows_out.m_ref, rows_out.log_sum_q, row_scale)
         ctx.grad = grad
         ctx.alpha, ctx.inv_tau, ctx.reduction, ctx.chunk = alpha, inv_tau, reduction, chunk
         return tuple(outputs)

@@ -15,7 +15,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._streaming import LaboStats, RowAccumulator, compute_dtype, finalize, grad_block, grad_from_exps
+from ._streaming import (
+    LaboStats, RowAccumulator, RowResults, compute_dtype, finalize, grad_block, grad_from_exps,
+)
 from ._validate import check_linear, check_scalars, check_target
 
 DEFAULT_CHUNK = 4096
@@ -55,13 +57,7 @@ class _FusedLaboFunction(torch.autograd.Function):
         grad_w = torch.zeros(V, d, device=dev, dtype=cdt) if precompute and need_w else None
         grad_b = torch.zeros(V, device=dev, dtype=cdt) if precompute and need_b else None
 
-        loss_rows = torch.empty(n, device=dev, dtype=cdt)
-        nll_rows = torch.empty_like(loss_rows)
-        lse = torch.empty_like(loss_rows)
-        m_ref = torch.empty_like(loss_rows)
-        log_sq = torch.empty_like(loss_rows)
-        q_ent = torch.empty_like(loss_rows) if want_stats else None
-        correct = torch.empty(n, device=dev, dtype=torch.bool) if want_stats else None
+        rows_out = RowResults(n, dev, cdt, want_stats)
         ones = torch.ones(rows, device=dev, dtype=cdt)
 
         for r0 in range(0, n, rows):
@@ -88,14 +84,7 @@ class _FusedLaboFunction(torch.autograd.Function):
                     eq_out = _flat(eq_store, nr, nc, off if keep_eq else 0)
                 refs.append(acc.update(z, c0, _flat(work, nr, nc), e_out, eq_out))
             res = finalize(acc, z_gold, alpha)
-            loss_rows[r0:r1] = res.loss
-            nll_rows[r0:r1] = res.nll
-            lse[r0:r1] = res.lse
-            m_ref[r0:r1] = res.m_ref
-            log_sq[r0:r1] = res.log_sum_q
-            if want_stats:
-                q_ent[r0:r1] = res.q_entropy
-                correct[r0:r1] = res.correct
+            rows_out.store(r0, r1, res)
             if not precompute:
                 continue
             for k, c0 in enumerate(range(0, V, chunk)):
@@ -108,16 +97,16 @@ class _FusedLaboFunction(torch.autograd.Function):
                 _accumulate_grads(g, hb, weight, c0, c1, r0, r1, grad_h, grad_w, grad_b)
 
         if per_row:
-            loss, nll = loss_rows, nll_rows
+            loss, nll = rows_out.loss, rows_out.nll
         else:
-            loss, nll = loss_rows.sum(), nll_rows.sum()
+            loss, nll = rows_out.loss.sum(), rows_out.nll.sum()
         ctx.mark_non_differentiable(nll)
         outputs = [loss, nll]
         if want_stats:
-            stats = (q_ent.sum(), correct.sum())
+            stats = (rows_out.q_entropy.sum(), rows_out.correct.sum())
             ctx.mark_non_differentiable(*stats)
             outputs += list(stats)
-        ctx.save_for_backward(hidden, weight, bias, target, lse, m_ref, log_sq)
+        ctx.save_for_backward(hidden, weight, bias, target, rows_out.lse, rows_out.m_ref, rows_out.log_sum_q)
         ctx.grads = (grad_h, grad_w, grad_b) if precompute else None
         ctx.alpha, ctx.inv_tau, ctx.per_row, ctx.chunk = alpha, inv_tau, per_row, chunk
         return tuple(outputs)
