@@ -206,18 +206,11 @@ def _say(message: str) -> None:
     print(f"[experiment] {message}", flush=True)
 
 
-def run_logged(command: Sequence[str], log_path: Path, append: bool = False, echo: bool = True) -> int:
-    """Runs `command`, streaming its output to the console (when `echo`) and into `log_path`."""
+def _tool_env() -> Dict[str, str]:
+    """Environment for the commands the pipeline runs: this venv's tools first, unbuffered."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}"
-    with open(log_path, "a" if append else "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:
-            log.write(line)
-            if echo:
-                sys.stdout.write("    " + line)
-                sys.stdout.flush()
-        return proc.wait()
+    return env
 
 
 def _eval_complete(run: RunPlan, subsets: Sequence[str]) -> bool:
@@ -256,6 +249,19 @@ def evaluation_checkpoint(recipe: Recipe, run: RunPlan) -> Path:
     return averaged
 
 
+def _run_step(command: Sequence[str], log_path: Path, what: str, append: bool = False) -> None:
+    """Runs `command`, streaming its output to the console and into `log_path`; raises if it fails."""
+    with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=_tool_env())
+        for line in proc.stdout:
+            log.write(line)
+            sys.stdout.write("    " + line)
+            sys.stdout.flush()
+    if proc.wait() != 0:
+        raise RuntimeError(f"{what} failed; see {log_path}")
+
+
 def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path) -> None:
     ev = recipe.evaluate
     for subset in recipe.subsets:
@@ -265,14 +271,11 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path) -> None:
                    "--batch-size", str(ev["batch_size"]), *(["--cpu"] if ev["cpu"] else [])]
         _say(f"{run.name}: evaluating on {subset}")
         out.mkdir(parents=True, exist_ok=True)
-        if run_logged(command, run.run_dir / f"evaluate.{subset}.log") != 0:
-            raise RuntimeError(f"evaluation of {run.name} on {subset} failed; see {run.run_dir / f'evaluate.{subset}.log'}")
+        _run_step(command, run.run_dir / f"evaluate.{subset}.log", f"evaluation of {run.name} on {subset}")
         longtail = [str(PYTHON_BIN / "python"), str(REPO / "scripts" / "longtail.py"),
                     "--train-ref", str(recipe.train_target), "--hyp", str(out / "hyp.txt"), "--ref", str(out / "ref.txt"),
                     "--level", str(ev["longtail_level"]), "--json", str(out / "longtail.json")]
-        if run_logged(longtail, run.run_dir / f"longtail.{subset}.log") != 0:
-            raise RuntimeError(f"long-tail analysis of {run.name} on {subset} failed; "
-                               f"see {run.run_dir / f'longtail.{subset}.log'}")
+        _run_step(longtail, run.run_dir / f"longtail.{subset}.log", f"long-tail analysis of {run.name} on {subset}")
 
 
 def execute_run(recipe: Recipe, run: RunPlan) -> str:
@@ -286,8 +289,7 @@ def execute_run(recipe: Recipe, run: RunPlan) -> str:
         resuming = (run.checkpoints / "checkpoint_last.pt").exists()
         _say(f"{run.name}: {'resuming' if resuming else 'training'} ({run.method.label}, seed {run.seed}); "
              f"log: {run.run_dir / 'train.log'}")
-        if run_logged(command, run.run_dir / "train.log", append=resuming) != 0:
-            raise RuntimeError(f"training {run.name} failed; see {run.run_dir / 'train.log'}")
+        _run_step(command, run.run_dir / "train.log", f"training {run.name}", append=resuming)
         (run.run_dir / TRAIN_DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"), encoding="utf-8")
     evaluate_run(recipe, run, evaluation_checkpoint(recipe, run))
     return "done"
@@ -303,9 +305,7 @@ def prepare_data(recipe: Recipe) -> None:
                           f"has no [data] prepare command")
     command = [_substitute(a, recipe.variables, str(recipe.path)) for a in recipe.prepare]
     _say(f"data: preparing with {shlex.join(command)}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}"
-    if subprocess.run(command, env=env).returncode != 0:
+    if subprocess.run(command, env=_tool_env()).returncode != 0:
         raise RecipeError(f"data preparation failed: {shlex.join(command)}")
 
 

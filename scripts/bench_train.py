@@ -116,7 +116,7 @@ def main(argv=None):
                                 "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in measured),
                                 "runs": measured})
 
-    print(f"| V | criterion | words/s | × LS | peak RSS (MB) | × LS |\n|---|---|---|---|---|---|")
+    print("| V | criterion | words/s | × LS | peak RSS (MB) | × LS |\n|---|---|---|---|---|---|")
     for row in results:
         base = next(r for r in results if r["vocab"] == row["vocab"] and r["variant"] == "ls")
         print(f"| {row['vocab']:,} | {row['variant']} | {row['wps']:,.0f} | {row['wps'] / base['wps']:.2f} | "

@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PWD/.venv/bin:$PATH
 
-FILES="train.{de,en}.gz val.{de,en}.gz test_2016_flickr.{de,en}.gz"
+FILES=(train.de.gz train.en.gz val.de.gz val.en.gz test_2016_flickr.de.gz test_2016_flickr.en.gz)
 if [[ -n ${DATA_DIR:-} ]]; then
-    for f in train.de.gz train.en.gz val.de.gz val.en.gz test_2016_flickr.de.gz test_2016_flickr.en.gz; do
-        [[ -f $DATA_DIR/$f ]] || { echo "demo: DATA_DIR=$DATA_DIR has no $f (needs $FILES)" >&2; exit 2; }
+    for f in "${FILES[@]}"; do
+        [[ -f $DATA_DIR/$f ]] || { echo "demo: DATA_DIR=$DATA_DIR has no $f (needs ${FILES[*]})" >&2; exit 2; }
     done
     echo "[demo] Multi30k raw files from DATA_DIR=$DATA_DIR"
 elif [[ ! -d data/data-bin/multi30k.de-en ]]; then
@@ -18,7 +18,7 @@ elif [[ ! -d data/data-bin/multi30k.de-en ]]; then
     if ! bash data-prep/prepare-multi30k.sh --out data; then
         cat >&2 <<MSG
 demo: could not download Multi30k. Provide the raw files yourself: put
-  $FILES
+  ${FILES[*]}
 from https://github.com/multi30k/dataset/tree/master/data/task1/raw into a directory and run
   make demo DATA_DIR=/path/to/that/directory
 MSG

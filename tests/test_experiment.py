@@ -9,19 +9,17 @@ import pytest
 from PIL import Image
 
 from labo_fairseq.experiment import RecipeError, expand_methods, load_recipe
-from tests.toy import BIN_DIR, REPO_ROOT, run_cli
+from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli
 
-TINY_TRAIN_ARGS = """[
-  "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
-  "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-  "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-  "--share-decoder-input-output-embed", "--cpu", "--optimizer", "adam", "--lr", "1e-3",
-  "--max-tokens", "500", "--max-update", "{max_update}", "--save-interval-updates", "{save_every}",
-  "--log-format", "simple", "--log-interval", "5", "--no-progress-bar"{extra}
-]"""
+def tiny_train_args(max_update, save_every):
+    """The tiny transformer's fairseq-train flags as a TOML array."""
+    return json.dumps([*TINY_TRANSFORMER_ARGS, "--cpu", "--optimizer", "adam", "--lr", "1e-3",
+                       "--max-tokens", "500", "--max-update", str(max_update),
+                       "--save-interval-updates", str(save_every),
+                       "--log-format", "simple", "--log-interval", "5", "--no-progress-bar"])
 
 
-def write_recipe(path, data_bin, methods, max_update=12, save_every=0, extra="", average_last=0):
+def write_recipe(path, data_bin, methods, max_update=12, save_every=0, average_last=0):
     path.write_text(f"""
 name = "tiny"
 seeds = [1]
@@ -30,7 +28,7 @@ data_bin = "{data_bin}"
 train_target = "{data_bin.parent / 'text' / 'train.tgt'}"
 subsets = ["test"]
 [train]
-args = {TINY_TRAIN_ARGS.format(max_update=max_update, save_every=save_every, extra=extra)}
+args = {tiny_train_args(max_update, save_every)}
 average_last = {average_last}
 [evaluate]
 beam = 2

@@ -73,7 +73,7 @@ def raw_files(args, raw_names):
             url = args.url.format(file=f"{name}.gz")
             log(TAG, f"downloading {url}")
             common.download(url, paths[name],
-                            f"put the files in a directory and pass --raw-dir DIR")
+                            "put the files in a directory and pass --raw-dir DIR")
     return paths
 
 

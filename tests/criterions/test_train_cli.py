@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.toy import BIN_DIR, REPO_ROOT, run_cli, train
+from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train
 
 USER_DIR = str(REPO_ROOT / "labo_fairseq")
 LABO = ["--user-dir", USER_DIR, "--criterion", "label_smoothed_labo"]
@@ -76,11 +76,7 @@ def _free_port():
 
 def test_two_process_gloo_data_parallel_matches_single_process(toy_data_bin, tmp_path):
     """2 workers x 1 batch per update == 1 worker x update-freq 2 over the same batches."""
-    common = [str(toy_data_bin), "--cpu", "--arch", "transformer", "--encoder-layers", "1",
-              "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-              "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-              "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-              "--share-decoder-input-output-embed", "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
+    common = [str(toy_data_bin), "--cpu", *TINY_TRANSFORMER_ARGS, "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
               "--max-tokens", "500", "--max-update", "6", "--seed", "1", "--no-save", "--disable-validation",
               "--log-format", "simple", "--log-interval", "1", "--no-progress-bar", *LABO]
     port = str(_free_port())

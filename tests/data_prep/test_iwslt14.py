@@ -3,7 +3,6 @@ import json
 import re
 import tarfile
 
-import pytest
 
 from labo_fairseq.data_prep import common, iwslt14
 from tests.data_prep import fixtures
