@@ -13,13 +13,17 @@ tau = inf is fairseq's label smoothing with epsilon = alpha; alpha = 0 is cross-
 Public API::
 
     loss, nll = labo_cross_entropy(logits, target, alpha, tau, ignore_index=None,
-                                   reduction="sum", chunk_size=None, return_stats=False)
+                                   reduction="sum", chunk_size=None, return_stats=False,
+                                   impl="auto", inplace_grad=False)
     loss, nll = labo_linear_cross_entropy(hidden, weight, target, alpha, tau, bias=None,
                                           ignore_index=None, reduction="sum",
-                                          chunk_size=None, return_stats=False)
+                                          chunk_size=None, return_stats=False, impl="auto")
 
 * ``labo_cross_entropy`` streams over vocabulary chunks of ``logits`` [..., V]; its only
-  [N, V] allocation is the gradient w.r.t. the logits.
+  [N, V] allocation is the gradient w.r.t. the logits, and ``inplace_grad=True`` lets it
+  write that gradient into the logits' own storage instead (extra memory O(N); the logits
+  must not be used afterwards: autograd refuses any op that saved them). float16 logits
+  are never overwritten: their gradient is recomputed in backward, after the loss scale.
 * ``labo_linear_cross_entropy`` takes ``hidden`` [..., d] and the output projection
   ``weight`` [V, d] (+ optional ``bias`` [V]) and never materialises the [N, V] logits: it
   computes them block by block (token chunk x vocabulary chunk) and returns gradients for
@@ -34,17 +38,23 @@ Public API::
   ``n_tokens`` (non-ignored positions). They are 0-dim tensors whatever the reduction, e.g.
   ``loss, nll, stats = labo_cross_entropy(..., return_stats=True)``;
   mean q entropy = ``stats.q_entropy / stats.n_tokens``.
+* ``impl``: "torch" (streamed PyTorch ops, any device), "triton" (Triton kernels; CUDA
+  tensors, or CPU tensors under Triton's interpreter, TRITON_INTERPRET=1) or "auto"
+  (Triton for CUDA tensors when triton imports, torch otherwise). Both follow the same
+  contract, accumulate in float32 (float64 for float64 inputs) and return gradients in
+  the inputs' dtypes.
 * Bad arguments raise ValueError naming the argument.
 
 ``labo_cross_entropy_reference`` (dense, autograd through log_softmax) is the test oracle.
 """
-from ._streaming import LaboStats
-from .chunked import labo_cross_entropy
-from .fused_linear import labo_linear_cross_entropy
+from .api import IMPLS, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
+from .params import LaboStats
 from .reference import labo_cross_entropy_reference
 
 __all__ = [
+    "IMPLS",
     "LaboStats",
+    "resolve_impl",
     "labo_cross_entropy",
     "labo_linear_cross_entropy",
     "labo_cross_entropy_reference",

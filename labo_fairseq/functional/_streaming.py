@@ -22,25 +22,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+
 NEG_INF = float("-inf")
-
-
-class LaboStats(NamedTuple):
-    """Cheap per-call diagnostics, summed over the non-ignored positions (no gradient).
-
-    q_entropy: sum of the entropy of q (nats); divide by n_tokens for the mean.
-    n_correct: number of positions where argmax(z) == target (ties resolve to the lowest
-        index, as torch.argmax does).
-    n_tokens: number of non-ignored positions.
-    """
-
-    q_entropy: torch.Tensor
-    n_correct: torch.Tensor
-    n_tokens: torch.Tensor
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class RowAccumulator:
@@ -118,7 +101,8 @@ class RowAccumulator:
             else:
                 eq = e
             self.sum_q = self.sum_q * scale_q + eq.sum(1)
-            self.wsum = self.wsum - torch.linalg.vecdot(eq, d)
+            # a -inf logit has q_j = 0 and adds nothing (not 0 * -inf = NaN)
+            self.wsum = self.wsum - torch.linalg.vecdot(eq, d.clamp_(min=torch.finfo(d.dtype).min))
         self.m_ref = m_new
         return new_ref
 

@@ -35,6 +35,11 @@ def check_scalars(alpha, tau, reduction, chunk_size) -> Tuple[float, float]:
     return alpha_f, tau_f
 
 
+def check_impl(impl, choices) -> None:
+    if impl not in choices:
+        raise ValueError(f"impl must be one of {choices}, got {impl!r}")
+
+
 def check_target(
     target: torch.Tensor, lead_shape: torch.Size, vocab: int, ignore_index: Optional[int], what: str
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

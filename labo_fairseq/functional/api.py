@@ -1,0 +1,143 @@
+"""The two public LABO ops: argument checks, the implementation switch, reductions.
+
+Both ops hand their work to an autograd Function of the chosen implementation
+(`chunked.TorchLogitsLabo` / `fused_linear.TorchFusedLabo` for "torch",
+`triton_ops.TritonLogitsLabo` / `triton_ops.TritonFusedLabo` for "triton"), which returns
+per-row losses or their sum; "mean" is that sum divided here, so autograd applies the 1/n.
+"""
+import os
+from typing import Optional
+
+import torch
+
+from ._validate import check_impl, check_linear, check_logits, check_scalars, check_target
+from .params import LaboParams, LaboStats
+
+IMPLS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """"torch" or "triton" for tensors on `device` (see the package docstring)."""
+    check_impl(impl, IMPLS)
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if impl == "triton":
+        if not triton_available():
+            raise ValueError("impl='triton' needs the triton package, which does not import here")
+        if device.type != "cuda" and not _interpreting():
+            raise ValueError(f"impl='triton' needs CUDA tensors (got device {device.type!r}); on the CPU "
+                             "it runs only under Triton's interpreter (TRITON_INTERPRET=1)")
+    return impl
+
+
+def _default_chunk(impl: str, device: torch.device, fused: bool) -> int:
+    if impl == "triton":
+        from .triton_ops import MAX_BLOCK_V
+        return MAX_BLOCK_V
+    if fused:
+        from .fused_linear import sizes_for
+    else:
+        from .chunked import sizes_for
+    return sizes_for(device).chunk
+
+
+def _finish(out, reduction, lead, n_tokens, return_stats, keep_rows=None, n_rows=None):
+    loss, nll, q_entropy, n_correct = out
+    if reduction == "mean":
+        denom = n_tokens.clamp(min=1).to(loss.dtype)
+        loss, nll = loss / denom, nll / denom
+    elif reduction == "none":
+        if keep_rows is not None:  # scatter the kept rows back between zeros
+            loss = loss.new_zeros(n_rows).index_copy(0, keep_rows, loss)
+            nll = nll.new_zeros(n_rows).index_copy(0, keep_rows, nll)
+        loss, nll = loss.view(lead), nll.view(lead)
+    if return_stats:
+        return loss, nll, LaboStats(q_entropy, n_correct, n_tokens)
+    return loss, nll
+
+
+def labo_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    tau: float,
+    ignore_index: Optional[int] = None,
+    reduction: str = "sum",
+    chunk_size: Optional[int] = None,
+    return_stats: bool = False,
+    impl: str = "auto",
+    inplace_grad: bool = False,
+):
+    """LABO loss of `logits` [..., V] against `target` [...]; see the package docstring."""
+    check_logits(logits)
+    alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)
+    impl = resolve_impl(impl, logits.device)
+    V = logits.shape[-1]
+    lead = logits.shape[:-1]
+    flat_target, keep = check_target(target, lead, V, ignore_index, "logits")
+    logits2d = logits.reshape(-1, V)
+    if logits2d.stride(-1) != 1:
+        logits2d = logits2d.contiguous()
+    params = LaboParams(alpha=alpha, inv_tau=1.0 / tau,
+                        chunk=chunk_size if chunk_size is not None else _default_chunk(impl, logits.device, False),
+                        per_row=reduction == "none", want_stats=return_stats)
+    n_tokens = torch.tensor(flat_target.numel(), device=logits.device) if keep is None else keep.sum()
+    if impl == "triton":
+        from .triton_ops import TritonLogitsLabo
+        out = TritonLogitsLabo.apply(logits2d, flat_target, ignore_index, params, bool(inplace_grad))
+    else:
+        from .chunked import TorchLogitsLabo
+        y = flat_target if keep is None else torch.where(keep, flat_target, 0)
+        out = TorchLogitsLabo.apply(logits2d, y, keep, params, bool(inplace_grad))
+    return _finish(out, reduction, lead, n_tokens, return_stats)
+
+
+def labo_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    tau: float,
+    bias: Optional[torch.Tensor] = None,
+    ignore_index: Optional[int] = None,
+    reduction: str = "sum",
+    chunk_size: Optional[int] = None,
+    return_stats: bool = False,
+    impl: str = "auto",
+):
+    """LABO loss of logits = hidden @ weight.T + bias without materialising them."""
+    check_linear(hidden, weight, bias)
+    alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)
+    impl = resolve_impl(impl, hidden.device)
+    V, d = weight.shape
+    lead = hidden.shape[:-1]
+    flat_target, keep = check_target(target, lead, V, ignore_index, "hidden")
+    hidden2d = hidden.reshape(-1, d)
+    n_rows = hidden2d.shape[0]
+    keep_rows = None
+    if keep is not None and not bool(keep.all()):
+        # ignored positions cost nothing: drop them before any matmul
+        keep_rows = keep.nonzero().squeeze(1)
+        hidden2d, flat_target = hidden2d.index_select(0, keep_rows), flat_target.index_select(0, keep_rows)
+    n_tokens = torch.tensor(n_rows, device=hidden.device) if keep is None else keep.sum()
+    params = LaboParams(alpha=alpha, inv_tau=1.0 / tau,
+                        chunk=chunk_size if chunk_size is not None else _default_chunk(impl, hidden.device, True),
+                        per_row=reduction == "none", want_stats=return_stats)
+    if impl == "triton":
+        from .triton_ops import TritonFusedLabo as fused
+    else:
+        from .fused_linear import TorchFusedLabo as fused
+    out = fused.apply(hidden2d.contiguous(), weight, bias, flat_target, params)
+    return _finish(out, reduction, lead, n_tokens, return_stats, keep_rows, n_rows)
