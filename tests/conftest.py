@@ -1,6 +1,15 @@
-import pytest
+import os
 
-from tests.toy import preprocess, train, write_toy_corpus
+import torch
+
+# Without a GPU the Triton kernels run under Triton's interpreter; it is chosen when the
+# kernels are defined, so before anything imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from tests.toy import preprocess, train, write_toy_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")

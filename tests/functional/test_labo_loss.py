@@ -8,16 +8,8 @@ import torch.nn.functional as F
 from labo_fairseq.functional import (LaboStats, labo_cross_entropy, labo_cross_entropy_reference,
                                      labo_linear_cross_entropy)
 
-PAD = 1
-F64 = torch.float64
-
-
-def _inputs(shape, V, dtype=F64, scale=2.0, pad_frac=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(*shape, V, generator=g, dtype=F64) * scale).to(dtype)
-    target = torch.randint(0, V, shape, generator=g)
-    target[torch.rand(shape, generator=g) < pad_frac] = PAD
-    return logits, target
+from tests.functional.common import F64, PAD
+from tests.functional.common import make_inputs as _inputs
 
 
 def _grad(loss, inputs, reduction):
@@ -358,3 +350,38 @@ def test_out_of_range_target_at_ignored_position_is_fine():
     loss, _ = labo_cross_entropy(z, torch.tensor([0, -100, 5]), 0.1, 1.0, ignore_index=-100)
     ref, _, _ = labo_cross_entropy_reference(z, torch.tensor([0, -100, 5]), 0.1, 1.0, ignore_index=-100)
     torch.testing.assert_close(loss, ref)
+
+
+# ------------------------------------------------------------------------ inplace, -inf
+@pytest.mark.parametrize("dtype", [F64, torch.bfloat16])
+def test_inplace_grad_writes_the_gradient_into_the_logits(dtype):
+    base, target = _inputs((6,), 20, dtype=dtype, seed=11)
+    base.requires_grad_()
+    logits = base * 1.0
+    loss, _ = labo_cross_entropy(logits, target, 0.2, 0.9, ignore_index=PAD, chunk_size=7, inplace_grad=True)
+    ref_in = base.detach().clone().requires_grad_()
+    ref, _ = labo_cross_entropy(ref_in, target, 0.2, 0.9, ignore_index=PAD, chunk_size=7)
+    torch.testing.assert_close(loss, ref)
+    (grad,) = torch.autograd.grad(loss * 3.0, base)
+    (ref_grad,) = torch.autograd.grad(ref * 3.0, ref_in)
+    torch.testing.assert_close(grad, ref_grad)
+    torch.testing.assert_close(logits.detach(), ref_grad)  # the storage holds the gradient
+    # and autograd refuses a graph that saved the overwritten logits
+    logits = base.exp()
+    loss, _ = labo_cross_entropy(logits, target, 0.2, 0.9, ignore_index=PAD, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_minus_inf_non_gold_logit_gives_the_finite_loss():
+    logits = torch.randn(3, 9, dtype=F64)
+    logits[:, 4] = -math.inf  # e.g. a masked token: q = p = 0 there
+    target = torch.tensor([0, 1, 8])
+    finite = torch.cat([logits[:, :4], logits[:, 5:]], 1)
+    ref, _, _ = labo_cross_entropy_reference(finite, torch.tensor([0, 1, 7]), 0.3, 0.5, reduction="none")
+    for chunk in (2, None):
+        loss, _ = labo_cross_entropy(logits, target, 0.3, 0.5, reduction="none", chunk_size=chunk)
+        torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    eye = torch.eye(9, dtype=F64)
+    loss, _ = labo_linear_cross_entropy(logits.clamp(min=-1e300), eye, target, 0.3, 0.5, reduction="none")
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
