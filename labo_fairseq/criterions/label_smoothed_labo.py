@@ -15,12 +15,12 @@ from typing import Optional
 import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from omegaconf import II
 
-from labo_fairseq.functional import labo_cross_entropy, labo_linear_cross_entropy
+from labo_fairseq.functional import IMPLS, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
 
 
 @dataclass
@@ -37,6 +37,11 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
     labo_chunk_size: Optional[int] = field(
         default=None,
         metadata={"help": "vocabulary chunk width of the streaming loss (default: automatic)"},
+    )
+    labo_impl: ChoiceEnum(IMPLS) = field(
+        default="auto",
+        metadata={"help": "implementation of the loss: 'triton' kernels (CUDA), 'torch' (streamed PyTorch "
+                          "ops, any device) or 'auto' (Triton on CUDA when triton imports, else torch)"},
     )
     no_labo_fused: bool = field(
         default=False,
@@ -59,8 +64,17 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
-def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size):
+def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size,
+                 labo_impl="auto"):
     """Fails at start-up, naming the flag, rather than at the first batch."""
+    if str(labo_impl) not in IMPLS:
+        raise ValueError(f"--labo-impl must be one of {', '.join(IMPLS)}, got {labo_impl}")
+    if str(labo_impl) == "triton":
+        # the device the model will use is not known here: CUDA must at least exist
+        try:
+            resolve_impl("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        except ValueError as exc:
+            raise ValueError(f"--labo-impl triton: {exc}") from None
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
     if math.isnan(labo_tau) or labo_tau <= 0:
@@ -142,6 +156,7 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         label_smoothing=0.1,
         labo_tau=1.25,
         labo_chunk_size=None,
+        labo_impl="auto",
         no_labo_fused=False,
         smoothing_stop_update=0,
         ignore_prefix_size=0,
@@ -149,11 +164,13 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
     ):
         super().__init__(task)
         labo_tau = float(labo_tau)
-        _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size)
+        _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size,
+                     labo_impl)
         self.sentence_avg = sentence_avg
         self.eps = label_smoothing
         self.tau = labo_tau
         self.chunk_size = labo_chunk_size
+        self.impl = str(labo_impl)
         self.fused = not no_labo_fused
         self.smoothing_stop_update = smoothing_stop_update
         self.ignore_prefix_size = ignore_prefix_size
@@ -208,6 +225,7 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
             reduction="sum" if reduce else "none",
             chunk_size=self.chunk_size,
             return_stats=True,
+            impl=self.impl,
         )
         alpha = self.current_alpha()
         if path == "fused":
@@ -215,7 +233,9 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
             return labo_linear_cross_entropy(
                 inputs, projection.weight, target, alpha, self.tau, bias=projection.bias, **options
             )
-        return labo_cross_entropy(inputs, target, alpha, self.tau, **options)
+        # nothing reads the logits after the loss, so their storage may take their gradient;
+        # log-probabilities may not be overwritten (log_softmax's backward needs them)
+        return labo_cross_entropy(inputs, target, alpha, self.tau, inplace_grad=path == "logits", **options)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

@@ -9,6 +9,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from labo_fairseq.criterions.label_smoothed_labo import LabelSmoothedLaboCriterion, loss_path
+from labo_fairseq.functional import api
 from tests.toy import TINY_TRANSFORMER_ARGS
 
 
@@ -58,14 +59,30 @@ def test_invalid_flag_fails_at_start_up_naming_the_flag(toy_data_bin, flag, valu
         build(toy_data_bin, "--criterion", "label_smoothed_labo", flag, value)
 
 
+def test_labo_impl_is_validated_at_start_up(toy_data_bin, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        build(toy_data_bin, "--criterion", "label_smoothed_labo", "--labo-impl", "cuda")
+    assert "--labo-impl: invalid choice: 'cuda'" in capsys.readouterr().err
+    # as without TRITON_INTERPRET=1 (triton reads the variable once, so it is not changed here)
+    monkeypatch.setattr(api, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--labo-impl triton: impl='triton' needs CUDA tensors"):
+        build(toy_data_bin, "--criterion", "label_smoothed_labo", "--labo-impl", "triton")
+
+
 def test_transformer_takes_the_fused_path(labo):
     _, model, _ = labo
     assert loss_path(model) == "fused"
 
 
-def test_fused_and_logits_paths_agree_in_loss_and_gradients(labo, toy_data_bin):
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_fused_and_logits_paths_agree_in_loss_and_gradients(labo, toy_data_bin, impl):
+    # the logits path lets the op overwrite the logits with their gradient (inplace_grad);
+    # "triton" runs the kernels (under Triton's interpreter without a GPU)
     task, model, fused = labo
-    _, _, unfused = build(toy_data_bin, "--criterion", "label_smoothed_labo", "--no-labo-fused")
+    _, _, unfused = build(toy_data_bin, "--criterion", "label_smoothed_labo", "--no-labo-fused",
+                          "--labo-impl", impl)
+    assert unfused.impl == impl
     for sample in batches(task):
         loss_f, _, log_f = fused(model, sample)
         grads_f = grads_of(model, loss_f)
