@@ -310,6 +310,17 @@ def binarise(text_dir, dest, src, tgt, test_splits, joined, workers):
             for lang in (src, tgt)}
 
 
+def write_raw_references(data_bin, tgt, references):
+    """Keeps each evaluation split's target text as published (untokenised, cased) next to its binary
+    data, so that sacreBLEU can score against it; returns prepare.json's "raw_references" entry
+    ({split: file name relative to the data-bin})."""
+    names = {}
+    for split, lines in references.items():
+        names[split] = f"{split}.raw.{tgt}"
+        write_lines(Path(data_bin) / names[split], lines)
+    return names
+
+
 def write_prepare_json(data_bin, record):
     """Records how the data was made so evaluation can undo subwords the same way."""
     record = dict(record)

@@ -5,6 +5,8 @@ tokenisation; clean-corpus-n (ratio 1.5, 1..175 tokens); lowercasing; valid = ev
 train pair, train = the rest; test = dev2010 + TEDX.dev2012 + tst2010 + tst2011 + tst2012 (<seg>
 lines, ’ -> ', tokenised, lowercased); joint BPE learned on train.de + train.en and applied to all
 splits; fairseq-preprocess --source-lang de --target-lang en (separate dictionaries, as fairseq does).
+The data-bin also keeps the test set's English segments as published (test.raw.en, listed in
+prepare.json's "raw_references") for sacreBLEU; the text is lowercased, so scores are case-blind.
 """
 import argparse
 import os
@@ -105,6 +107,7 @@ def prepare(args):
         log(TAG, f"lowercased; valid = every {VALID_EVERY}rd pair: {n_clean - n_valid} train, {n_valid} valid")
 
         counts = {}
+        raw_test = []  # the English segments as published, for sacreBLEU
         for lang in (SRC, TGT):
             pipeline = MosesPipeline(lang, ["apostrophe", "tokenize", "lowercase"])
             test_lines = []
@@ -112,6 +115,8 @@ def prepare(args):
                 segments = common.extract_segments(files[f"de-en/{name}.de-en.{lang}.xml"])
                 counts.setdefault(name, {})[lang] = len(segments)
                 test_lines.extend(common.map_lines(pipeline, segments, args.workers))
+                if lang == TGT:
+                    raw_test.extend(segments)
             common.write_lines(tmp / f"test.{lang}", test_lines)
         for name in TEST_SETS:
             if counts[name][SRC] != counts[name][TGT]:
@@ -135,10 +140,11 @@ def prepare(args):
         sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=False, workers=args.workers)
         log(TAG, f"binarised into data-bin/{NAME}: dictionaries {SRC} {sizes[SRC]} types, "
                  f"{TGT} {sizes[TGT]} types ({timer})")
+        raw_refs = common.write_raw_references(bin_dir, TGT, {"test": raw_test})
         common.write_prepare_json(bin_dir, {
             "dataset": "iwslt14", "source_lang": SRC, "target_lang": TGT, "subwords": "bpe",
             "bpe_merges": args.bpe_tokens, "tokenizer": "moses", "moses_escape": True, "lowercase": True,
-            "joined_dictionary": False, "test_sets": {"test": list(TEST_SETS)},
+            "joined_dictionary": False, "test_sets": {"test": list(TEST_SETS)}, "raw_references": raw_refs,
             "pairs": {"train": n_clean - n_valid, "valid": n_valid, "test": n_test},
         })
         staging.commit()

@@ -6,6 +6,8 @@ Every requested test set becomes its own test split, named as fairseq-preprocess
 of --testpref: test, test1, test2, ...; test-sets.tsv records which raw set each one is, one
 line per split: <split><TAB><raw test set name>.
 No pair is dropped (no length cleaning), so the lines stay aligned with the dataset's images.
+The data-bin keeps the raw English of valid and every test split (<split>.raw.en, listed in
+prepare.json's "raw_references") for sacreBLEU; the text is lowercased, so scores are case-blind.
 """
 import argparse
 import os
@@ -124,12 +126,14 @@ def prepare(args):
         test_splits = test_split_names(len(args.test_sets))
         sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers)
         log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
+        raw_refs = common.write_raw_references(bin_dir, TGT, {
+            split: common.read_lines(paths[f"{raw}.{TGT}"]) for raw, split in splits.items() if split != "train"})
         common.write_prepare_json(bin_dir, {
             "dataset": "multi30k", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
             "vocab": args.vocab, "spm_type": args.spm_type if args.subwords == "spm" else None,
             "tokenizer": "moses", "moses_escape": True, "lowercase": True, "joined_dictionary": True,
             "test_sets": {split: raw for raw, split in splits.items() if split.startswith("test")},
-            "pairs": counts,
+            "raw_references": raw_refs, "pairs": counts,
         })
         staging.commit()
     log(TAG, f"done in {total}: {text_final} and {bin_final}")

@@ -6,7 +6,9 @@ remove-non-printing-char and tokenizer -a (aggressive hyphen splitting); valid =
 test = newstest2014 (<seg> lines of the .sgm files), ’ -> ', tokenizer -a; joint subwords learned
 on train.en + train.de: a sentencepiece model (default, 32k) or subword-nmt BPE (40k merges, the
 recipe's); clean-corpus-n on the subworded train set (ratio 1.5, 1..250 tokens); fairseq-preprocess
---joined-dictionary (shared embeddings). Text is not lowercased.
+--joined-dictionary (shared embeddings). Text is not lowercased. The data-bin keeps the German of
+newstest2013/2014 as published ({valid,test}.raw.de; for the test set, the text of the .sgm
+segments), listed in prepare.json's "raw_references", for sacreBLEU.
 
 Differences from fairseq's script: its valid set is every 100th train pair (it downloads
 newstest2013 but does not use it); here valid is newstest2013, and all train pairs are train.
@@ -130,12 +132,16 @@ def prepare(args):
                     log(TAG, f"{prefix}.{lang}: {n} lines normalised and tokenised ({timer})")
 
         counts = {}
+        raw_targets = {}  # newstest2013/2014 German as published (the .sgm segments' text), for sacreBLEU
         for split, members, extract in (("valid", VALID_MEMBERS, common.read_lines),
                                         ("test", TEST_MEMBERS, common.extract_segments)):
             for lang in (SRC, TGT):
                 pipeline = MosesPipeline(lang, ["apostrophe", "tokenize-aggressive"])
+                lines = list(extract(raw[members[lang]]))
+                if lang == TGT:
+                    raw_targets[split] = lines
                 counts[(split, lang)] = common.write_lines(
-                    tmp / f"{split}.tok.{lang}", common.map_lines(pipeline, extract(raw[members[lang]]), args.workers))
+                    tmp / f"{split}.tok.{lang}", common.map_lines(pipeline, lines, args.workers))
             if counts[(split, SRC)] != counts[(split, TGT)]:
                 raise PrepError(f"line-count mismatch: {raw[members[SRC]]} has {counts[(split, SRC)]} segments, "
                                 f"{raw[members[TGT]]} has {counts[(split, TGT)]}")
@@ -170,12 +176,13 @@ def prepare(args):
         timer = Timer()
         sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers)
         log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
+        raw_refs = common.write_raw_references(bin_dir, TGT, raw_targets)
         common.write_prepare_json(bin_dir, {
             "dataset": "wmt14_en_de", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
             "vocab": args.vocab, "spm_type": args.spm_type if args.subwords == "spm" else None,
             "news_commentary": args.news_commentary, "tokenizer": "moses", "moses_aggressive_dash_splits": True,
             "moses_escape": True, "lowercase": False, "joined_dictionary": True,
-            "test_sets": {"valid": "newstest2013", "test": "newstest2014"},
+            "test_sets": {"valid": "newstest2013", "test": "newstest2014"}, "raw_references": raw_refs,
             "pairs": {"train": n_train, "valid": counts[("valid", SRC)], "test": counts[("test", SRC)]},
         })
         staging.commit()

@@ -84,6 +84,18 @@ def test_binarised_with_separate_dictionaries(iwslt_prepared):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
+def test_raw_test_reference_is_kept_as_published(iwslt_prepared):
+    out, _ = iwslt_prepared
+    data_bin = out / "data-bin" / NAME
+    record = json.loads((data_bin / "prepare.json").read_text())
+    assert record["raw_references"] == {"test": "test.raw.en"} and record["lowercase"] is True
+    test_sets = fixtures.iwslt_test_segments()
+    raw = lines(data_bin / "test.raw.en")
+    # the <seg> text itself: cased, untokenised, ’ kept (only the tokenised copy turns it into ')
+    assert raw == [en for name in fixtures.IWSLT_TEST_SETS for _, en in test_sets[name]]
+    assert raw[0] == "the cat’s house" and any(ch.isupper() for line in raw for ch in line)
+
+
 def test_deterministic(iwslt_archive, iwslt_prepared, tmp_path):
     out, _ = iwslt_prepared
     run_script("prepare-iwslt14.sh", "--archive", iwslt_archive, "--out", tmp_path, "--bpe-tokens", "50",

@@ -31,6 +31,12 @@ def test_layout_and_split_naming(multi30k_prepared, multi30k_raw):
     assert record["subwords"] == "bpe" and record["remove_bpe"] == "subword_nmt"
     assert record["test_sets"] == {"test": "test_2016_flickr", "test1": "test_2017_flickr"}
     assert record["pairs"] == {"train": 200, "valid": 20, "test": 15, "test1": 12}
+    # the raw English of every evaluation split, as in the .gz files (cased, final period attached)
+    assert record["raw_references"] == {"valid": "valid.raw.en", "test": "test.raw.en", "test1": "test1.raw.en"}
+    assert record["lowercase"] is True
+    for split, raw_name in [("valid", "val"), ("test", "test_2016_flickr"), ("test1", "test_2017_flickr")]:
+        assert lines(data_bin / f"{split}.raw.en") == [pair[1] for pair in raw[raw_name]]
+    assert lines(data_bin / "test.raw.en")[0][0].isupper() and lines(data_bin / "test.raw.en")[0].endswith(".")
     assert "test_2017_flickr -> test1: 12 pairs tokenised" in proc.stdout
 
 

@@ -28,6 +28,12 @@ def test_sentencepiece_default(wmt_raw, tmp_path):
     assert lines(data_bin / "dict.en.txt") == lines(data_bin / "dict.de.txt")
     record = json.loads((data_bin / "prepare.json").read_text())
     assert record["subwords"] == "spm" and record["test_sets"] == {"valid": "newstest2013", "test": "newstest2014"}
+    # raw German references: the .sgm segments' text and newstest2013 as published, not tokenised
+    assert record["raw_references"] == {"valid": "valid.raw.de", "test": "test.raw.de"}
+    assert record["lowercase"] is False
+    assert lines(data_bin / "test.raw.de") == [de for _, de in written["newstest2014"]]
+    assert lines(data_bin / "test.raw.de")[0] == "Das Haus der Katze."
+    assert lines(data_bin / "valid.raw.de") == [de for _, de in written["newstest2013"]]
 
 
 def test_bpe_with_extracted_files_and_determinism(wmt_raw, tmp_path):
