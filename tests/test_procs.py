@@ -1,0 +1,48 @@
+"""Children started through labo_fairseq.procs die with their parent, even on SIGKILL."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from labo_fairseq.procs import child_command
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def test_child_dies_when_its_parent_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import subprocess, sys, time
+        from labo_fairseq.procs import child_command
+        child = subprocess.Popen(child_command(["sleep", "60"]), start_new_session=True)
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    time.sleep(0.5)  # the wrapper has exec'd sleep by now
+    assert _alive(child_pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while _alive(child_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child_pid), "the child outlived its killed parent"
+
+
+def test_wrapper_runs_the_command_with_its_arguments_and_exit_code():
+    proc = subprocess.run(child_command([sys.executable, "-c", "import sys; print(sys.argv[1:]); sys.exit(3)",
+                                         "a b", "--x"]), capture_output=True, text=True)
+    assert proc.returncode == 3 and proc.stdout.strip() == "['a b', '--x']"
+    missing = subprocess.run(child_command(["no-such-command-here"]), capture_output=True, text=True)
+    assert missing.returncode != 0 and "cannot run no-such-command-here" in missing.stderr
