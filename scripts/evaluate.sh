@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Translate a data-bin split with fairseq-generate and score it (tokenized BLEU as fairseq prints
-# it, sacreBLEU and chrF on Moses-detokenized text). The parsing, ordering and scoring is done by
+# it; sacreBLEU, chrF and TER of the Moses-detokenized output against the raw reference). The parsing, ordering and scoring is done by
 # `python -m labo_fairseq.evaluation.score`; this script only orchestrates.
 set -euo pipefail
 
@@ -12,8 +12,11 @@ Translates the DATA_BIN split with CHECKPOINT and writes to OUT_DIR:
   generate.out   raw fairseq-generate stdout (its last line is fairseq's BLEU4)
   generate.log   fairseq-generate stderr (logging)
   hyp.txt ref.txt src.txt        subword-free text in sentence-id order (what fairseq scored)
-  hyp.detok.txt ref.detok.txt    Moses-detokenized text (what sacreBLEU scored)
-  scores.json    {"bleu": ..., "sacrebleu": ..., "chrf": ..., ...}
+  hyp.detok.txt  Moses-detokenized hypotheses (what sacreBLEU scored)
+  ref.raw.txt    the raw reference sacreBLEU scored against (from DATA_BIN/prepare.json or --raw-ref)
+  ref.detok.txt  the detokenized binarised reference (sacreBLEU's fallback without a raw reference)
+  scores.json    {"bleu": ..., "sacrebleu": ..., "chrf": ..., "ter": ..., "reference": ..., ...}
+                 written last: an earlier scores.json/longtail.json in OUT_DIR is removed first
 
 options:
   --subset NAME          split to translate (default: test)
@@ -24,6 +27,8 @@ options:
   --post-process MODE    subword decoding: subword_nmt | sentencepiece | none
                          (default: from DATA_BIN/prepare.json "subwords", else subword_nmt)
   --source-lang L, --target-lang L   language pair (default: prepare.json / file names)
+  --raw-ref FILE         untokenised reference for sacreBLEU (default: prepare.json's raw_references)
+  --lowercase            case-insensitive sacreBLEU (default: prepare.json's "lowercase")
   -h, --help             this help
 Arguments after `--` go to fairseq-generate unchanged. `--user-dir <repo>/labo_fairseq` is
 always passed so that checkpoints of labo_fairseq models and criteria load.
@@ -38,7 +43,7 @@ if [[ -x "$REPO/.venv/bin/python" ]]; then
 fi
 
 positional=()
-subset=test beam=5 lenpen=1.0 batch_size=128 cpu=() post_process=() langs=() extra=()
+subset=test beam=5 lenpen=1.0 batch_size=128 cpu=() post_process=() langs=() extra=() reference=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         -h|--help) usage; exit 0 ;;
@@ -49,6 +54,8 @@ while [[ $# -gt 0 ]]; do
         --cpu) cpu=(--cpu); shift ;;
         --post-process) post_process=(--post-process "${2:?--post-process needs a value}"); shift 2 ;;
         --source-lang|--target-lang) langs+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+        --raw-ref) reference+=(--raw-ref "${2:?--raw-ref needs a value}"); shift 2 ;;
+        --lowercase) reference+=(--lowercase); shift ;;
         --) shift; extra=("$@"); break ;;
         -*) usage >&2; die "unknown option $1" ;;
         *) positional+=("$1"); shift ;;
@@ -64,6 +71,8 @@ settings=$(python -m labo_fairseq.evaluation.databin "$data_bin" --subset "$subs
 read -r source_lang target_lang mode <<<"$settings"
 
 mkdir -p "$out_dir"
+# Results of an earlier evaluation must not survive a failed one and look current.
+rm -f "$out_dir/scores.json" "$out_dir/longtail.json"
 echo "evaluate.sh: translating $data_bin [$subset, $source_lang-$target_lang, post-process $mode] with $checkpoint" >&2
 if ! fairseq-generate "$data_bin" --path "$checkpoint" --user-dir "$REPO/labo_fairseq" \
         --gen-subset "$subset" --source-lang "$source_lang" --target-lang "$target_lang" \
@@ -74,6 +83,6 @@ if ! fairseq-generate "$data_bin" --path "$checkpoint" --user-dir "$REPO/labo_fa
 fi
 
 python -m labo_fairseq.evaluation.score --generate-out "$out_dir/generate.out" --out-dir "$out_dir" \
-    --target-lang "$target_lang" --meta "subset=$subset" --meta "beam=$beam" --meta "lenpen=$lenpen" \
+    --target-lang "$target_lang" --data-bin "$data_bin" --subset "$subset" "${reference[@]}" --meta "subset=$subset" --meta "beam=$beam" --meta "lenpen=$lenpen" \
     --meta "post_process=$mode" --meta "source_lang=$source_lang" \
     --meta "checkpoint=$checkpoint" --meta "data_bin=$data_bin"

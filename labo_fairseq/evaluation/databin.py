@@ -23,6 +23,13 @@ class DataBinInfo:
     subwords: Optional[str]    # prepare.json's "subwords", None when there is no prepare.json
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What sacreBLEU should score a subset against."""
+    raw_path: Optional[Path]   # the untokenised test text as published; None when prepare.json has none
+    lowercase: bool            # the pipeline lowercased the text, so the system can only be scored case-blind
+
+
 def read_prepare_json(data_bin) -> Optional[dict]:
     path = Path(data_bin) / "prepare.json"
     if not path.is_file():
@@ -79,6 +86,22 @@ def inspect_data_bin(data_bin, subset: str = "test", post_process: Optional[str]
     elif post_process not in POST_PROCESS_MODES:
         raise EvaluationError(f"unknown post-process mode {post_process!r}; expected one of {POST_PROCESS_MODES}")
     return DataBinInfo(source_lang, target_lang, post_process, subwords)
+
+
+def reference_for(data_bin, subset: str = "test") -> Reference:
+    """The raw target reference of `subset` recorded in prepare.json ("raw_references": {split:
+    path relative to the data-bin}) and whether the data was lowercased ("lowercase")."""
+    data_bin = Path(data_bin)
+    prepare = read_prepare_json(data_bin) or {}
+    lowercase = bool(prepare.get("lowercase", False))
+    relative = (prepare.get("raw_references") or {}).get(subset)
+    if relative is None:
+        return Reference(None, lowercase)
+    path = data_bin / relative
+    if not path.is_file():
+        raise EvaluationError(f"{data_bin / 'prepare.json'} names raw reference {relative!r} for '{subset}', "
+                              f"but {path} does not exist")
+    return Reference(path, lowercase)
 
 
 def main(argv=None):

@@ -3,12 +3,17 @@
 - `bleu`: tokenized BLEU exactly as `fairseq-generate` prints it (`BLEU4 = ...`): fairseq's own
   scorer on whitespace tokens of the post-processed (subwords removed) hypothesis and reference,
   the number IWSLT'14 papers quote.
-- `sacrebleu`, `chrf`: sacreBLEU's BLEU and chrF with default settings on text detokenized with
-  the sacremoses detokenizer for the target language, with their sacreBLEU signatures.
+- `sacrebleu`, `chrf`, `ter`: sacreBLEU's metrics on the Moses-detokenized hypothesis against the
+  *raw* reference (the test set's target text as published, recorded by data preparation in
+  `prepare.json`), so the numbers compare with anyone's sacreBLEU. When the data was lowercased
+  the hypothesis cannot carry case, so all three are case-insensitive and the signatures say
+  `case:lc`. Without a raw reference (a data-bin made elsewhere) they fall back to the detokenized
+  binarised reference, and scores.json marks them `"comparable": false`.
 
 CLI (used by scripts/evaluate.sh): reads the raw `fairseq-generate` output, restores sentence
 order by id and writes OUT_DIR/{hyp,ref,src}.txt (what fairseq scored), the detokenized
-OUT_DIR/{hyp,ref}.detok.txt (what sacreBLEU scored) and OUT_DIR/scores.json.
+OUT_DIR/{hyp,ref}.detok.txt, OUT_DIR/ref.raw.txt (the raw reference in the same order) and
+OUT_DIR/scores.json.
 """
 import argparse
 import json
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from labo_fairseq.evaluation.databin import reference_for
 from labo_fairseq.evaluation.errors import EvaluationError, read_lines, read_parallel, run_main
 
 SCORES_FILE = "scores.json"
@@ -113,21 +119,34 @@ def detokenize(lines: Sequence[str], lang: str) -> List[str]:
     return [detokenizer.detokenize(line.split()) for line in lines]
 
 
-def sacrebleu_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """sacreBLEU BLEU and chrF (default settings, one reference) with their signatures."""
-    from sacrebleu.metrics import BLEU, CHRF
+def sacrebleu_metrics(lowercase: bool = False) -> dict:
+    """sacreBLEU's BLEU, chrF and TER, case-insensitive when `lowercase` (TER already is by default)."""
+    from sacrebleu.metrics import BLEU, CHRF, TER
 
+    return {"sacrebleu": BLEU(lowercase=lowercase), "chrf": CHRF(lowercase=lowercase), "ter": TER()}
+
+
+def sacrebleu_command(reference: str, hypothesis: str, lowercase: bool) -> str:
+    """The sacrebleu CLI call that reproduces sacrebleu_scores (its -lc covers BLEU only)."""
+    flags = " -lc --chrf-lowercase" if lowercase else ""
+    return f"sacrebleu {reference} -i {hypothesis} -m bleu chrf ter{flags}"
+
+
+def sacrebleu_scores(hypotheses: Sequence[str], references: Sequence[str], lowercase: bool = False) -> dict:
+    """sacreBLEU BLEU, chrF and TER (default settings, one reference) with their signatures;
+    `sacrebleu` also has the lengths sacreBLEU's BLEU counted and their ratio."""
     if len(hypotheses) != len(references) or not hypotheses:
         raise EvaluationError(f"sacreBLEU needs equally many (>0) hypotheses and references, "
                               f"got {len(hypotheses)} and {len(references)}")
     scores = {}
-    for name, metric in (("sacrebleu", BLEU()), ("chrf", CHRF())):
+    for name, metric in sacrebleu_metrics(lowercase).items():
         result = metric.corpus_score(list(hypotheses), [list(references)])
-        scores[name] = {
-            "score": result.score,
-            "signature": str(metric.get_signature()),
-            "string": result.format(signature=str(metric.get_signature())),
-        }
+        signature = str(metric.get_signature())
+        scores[name] = {"score": result.score, "signature": signature,
+                        "string": result.format(signature=signature)}
+        if name == "sacrebleu":
+            scores[name].update(sys_len=result.sys_len, ref_len=result.ref_len,
+                                length_ratio=result.sys_len / result.ref_len if result.ref_len else None)
     return scores
 
 
@@ -136,36 +155,65 @@ def write_lines(path: Path, lines: Sequence[str]) -> None:
 
 
 def score_texts(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
-                out_dir: Optional[Path] = None) -> dict:
-    """All scores of scores.json for post-processed (subword-free) hypothesis/reference lines;
-    with `out_dir`, also writes the detokenized text sacreBLEU scored (hyp.detok.txt, ref.detok.txt)."""
+                out_dir: Optional[Path] = None, raw_references: Optional[Sequence[str]] = None,
+                raw_path: Optional[str] = None, lowercase: bool = False) -> dict:
+    """All scores of scores.json for post-processed (subword-free) hypothesis/reference lines.
+
+    sacreBLEU metrics use `raw_references` (the published text) when given, else the detokenized
+    `references`. With `out_dir`, also writes hyp.detok.txt, ref.detok.txt and ref.raw.txt."""
     hyp_detok = detokenize(hypotheses, target_lang)
     ref_detok = detokenize(references, target_lang)
+    if raw_references is not None and len(raw_references) != len(hypotheses):
+        raise EvaluationError(f"raw reference {raw_path} has {len(raw_references)} lines for "
+                              f"{len(hypotheses)} hypotheses")
     if out_dir is not None:
         write_lines(out_dir / "hyp.detok.txt", hyp_detok)
         write_lines(out_dir / "ref.detok.txt", ref_detok)
+        if raw_references is not None:
+            write_lines(out_dir / "ref.raw.txt", raw_references)
+    sacre_refs = ref_detok if raw_references is None else list(raw_references)
+    ref_file = "ref.detok.txt" if raw_references is None else "ref.raw.txt"
+    reference = {"kind": "detokenized" if raw_references is None else "raw",
+                 "path": None if raw_references is None else str(raw_path), "file": ref_file,
+                 "lowercase": lowercase, "comparable": raw_references is not None}
     return {
         "num_sentences": len(hypotheses),
         "target_lang": target_lang,
         "bleu": tokenized_bleu(hypotheses, references),
-        **sacrebleu_scores(hyp_detok, ref_detok),
+        **sacrebleu_scores(hyp_detok, sacre_refs, lowercase),
+        "reference": reference,
+        "sacrebleu_command": sacrebleu_command(ref_file, "hyp.detok.txt", lowercase),
         "detokenizer": "sacremoses",
     }
 
 
-def evaluate_generate_output(generate_out, out_dir, target_lang: str, metadata: Optional[dict] = None) -> dict:
+def read_raw_reference(path, ids: Sequence[int]) -> List[str]:
+    """The raw reference lines of sentence ids `ids` (fairseq's ids are line numbers from 0)."""
+    lines = read_lines(path, "raw reference")
+    if len(lines) != len(ids) or (ids and ids[-1] >= len(lines)):
+        raise EvaluationError(f"raw reference {path} has {len(lines)} lines but the translated split has "
+                              f"{len(ids)} sentences (ids up to {ids[-1] if ids else '-'}); it is not this split's")
+    return [lines[i] for i in ids]
+
+
+def evaluate_generate_output(generate_out, out_dir, target_lang: str, metadata: Optional[dict] = None,
+                             raw_reference=None, lowercase: bool = False) -> dict:
     """Turns a saved fairseq-generate stdout into OUT_DIR/{hyp,ref,src}.txt, the detokenized
-    files and OUT_DIR/scores.json (returned). `metadata` (subset, beam, ...) goes into scores.json."""
+    files and OUT_DIR/scores.json (returned). `metadata` (subset, beam, ...) goes into scores.json;
+    `raw_reference` is the split's untokenised target file for sacreBLEU."""
     generate_out, out_dir = Path(generate_out), Path(out_dir)
     text = "\n".join(read_lines(generate_out, "fairseq-generate output"))
     output = parse_generate_output(text, origin=str(generate_out))
     if not output.has_target:
         raise EvaluationError(f"{generate_out} has no references (T- lines); the split has no target side")
+    raw_lines = None if raw_reference is None else read_raw_reference(raw_reference, output.ids)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_lines(out_dir / "hyp.txt", output.hypotheses)
     write_lines(out_dir / "ref.txt", output.references)
     write_lines(out_dir / "src.txt", output.sources)
-    scores = {**(metadata or {}), **score_texts(output.hypotheses, output.references, target_lang, out_dir),
+    scores = {**(metadata or {}),
+              **score_texts(output.hypotheses, output.references, target_lang, out_dir, raw_lines,
+                            raw_reference, lowercase),
               "generate_bleu": output.bleu_line}
     if output.bleu_line is not None and output.bleu_line != scores["bleu"]["string"]:
         # Should never happen; if it does, the files would not reproduce the logged number.
@@ -176,7 +224,10 @@ def evaluate_generate_output(generate_out, out_dir, target_lang: str, metadata: 
 
 
 def write_scores(path: Path, scores: dict) -> None:
-    path.write_text(json.dumps(scores, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    """Written aside and renamed: a half-written scores.json never looks like a finished evaluation."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(scores, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    part.replace(path)
 
 
 def parse_meta(items: Sequence[str]) -> dict:
@@ -202,25 +253,44 @@ def main(argv=None):
     source.add_argument("--hyp", help="hypothesis file, subwords removed (needs --ref)")
     parser.add_argument("--ref", help="reference file for --hyp")
     parser.add_argument("--target-lang", required=True, help="language of the sacremoses detokenizer")
+    parser.add_argument("--raw-ref", help="untokenised reference sacreBLEU scores against "
+                                          "(default: from --data-bin's prepare.json)")
+    parser.add_argument("--data-bin", help="data-bin whose prepare.json names the raw reference of --subset "
+                                           "and says whether the text was lowercased")
+    parser.add_argument("--subset", default="test", help="split whose raw reference --data-bin gives")
+    parser.add_argument("--lowercase", action="store_true",
+                        help="case-insensitive sacreBLEU (default: prepare.json's \"lowercase\")")
     parser.add_argument("--out-dir", required=True, help="where scores.json (and text files) go")
     parser.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                         help="recorded in scores.json (VALUE parsed as JSON if it is JSON, else a string)")
     args = parser.parse_args(argv)
     metadata = parse_meta(args.meta)
+    raw_ref, lowercase = args.raw_ref, args.lowercase
+    if args.data_bin:
+        reference = reference_for(args.data_bin, args.subset)
+        raw_ref = raw_ref or reference.raw_path
+        lowercase = lowercase or reference.lowercase
     if args.generate_out:
-        scores = evaluate_generate_output(args.generate_out, args.out_dir, args.target_lang, metadata)
+        scores = evaluate_generate_output(args.generate_out, args.out_dir, args.target_lang, metadata,
+                                          raw_ref, lowercase)
     else:
         if not args.ref:
             parser.error("--hyp needs --ref")
         hypotheses, references = read_parallel(args.hyp, args.ref)
+        raw_lines = None if raw_ref is None else read_raw_reference(raw_ref, list(range(len(hypotheses))))
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         scores = {**metadata, "hyp": args.hyp, "ref": args.ref,
-                  **score_texts(hypotheses, references, args.target_lang, out_dir)}
+                  **score_texts(hypotheses, references, args.target_lang, out_dir, raw_lines, raw_ref, lowercase)}
         write_scores(out_dir / SCORES_FILE, scores)
     print(f"BLEU (tokenized, fairseq): {scores['bleu']['string']}")
     print(scores["sacrebleu"]["string"])
     print(scores["chrf"]["string"])
+    print(scores["ter"]["string"])
+    print(f"reproduce in {args.out_dir}: {scores['sacrebleu_command']}")
+    if raw_ref is None:
+        print("warning: no raw reference (prepare.json names none for this split); sacreBLEU scored the "
+              "detokenized reference and is not comparable with published sacreBLEU", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ fairseq-generate, fairseq-score and the sacrebleu CLI print for the same text.""
 import json
 import re
 
+import pytest
+
 from tests.toy import REPO_ROOT, run_cli
 
 EVALUATE = REPO_ROOT / "scripts" / "evaluate.sh"
@@ -36,6 +38,8 @@ def test_sacrebleu_and_chrf_equal_sacrebleu_cli(toy_evaluation):
     assert scores["chrf"]["score"] > 0  # the toy model gets some characters right
     assert scores["sacrebleu"]["signature"] == bleu["signature"]
     assert scores["chrf"]["signature"] == chrf["signature"]
+    # the toy data-bin has no prepare.json: no raw reference, and scores.json says so
+    assert scores["reference"]["kind"] == "detokenized" and scores["reference"]["comparable"] is False
 
 
 def test_files_follow_sentence_ids_and_metadata(toy_evaluation, toy_data_bin):
@@ -86,3 +90,42 @@ def test_missing_split_is_an_error(toy_data_bin, toy_ls_checkpoint, tmp_path):
 def test_help():
     proc = run_cli(["bash", EVALUATE, "--help"])
     assert "usage: scripts/evaluate.sh DATA_BIN CHECKPOINT OUT_DIR" in proc.stdout
+
+
+def _cli_scores(reference, hypothesis, *flags):
+    proc = run_cli(["sacrebleu", reference, "-i", hypothesis, "-m", "bleu", "chrf", "ter", "-w", "4", *flags])
+    return {entry["name"]: entry for entry in json.loads(proc.stdout)}
+
+
+def test_sacrebleu_on_the_raw_reference_equals_the_cli(toy_raw_evaluation):
+    data_bin, out = toy_raw_evaluation
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["reference"] == {"kind": "raw", "path": str(data_bin / "test.raw.tgt"), "file": "ref.raw.txt",
+                                   "lowercase": True, "comparable": True}
+    assert read(out / "ref.raw.txt") == read(data_bin / "test.raw.tgt")  # sentence-id order = file order
+    # What a user types by hand on the published reference file (the data was lowercased: -lc)
+    cli = _cli_scores(data_bin / "test.raw.tgt", out / "hyp.detok.txt", "-lc", "--chrf-lowercase")
+    assert round(scores["sacrebleu"]["score"], 4) == cli["BLEU"]["score"]
+    assert round(scores["chrf"]["score"], 4) == cli["chrF2"]["score"]
+    assert round(scores["ter"]["score"], 4) == cli["TER"]["score"]
+    for key, name in (("sacrebleu", "BLEU"), ("chrf", "chrF2"), ("ter", "TER")):
+        assert scores[key]["signature"] == cli[name]["signature"] and "case:lc" in scores[key]["signature"]
+    assert scores["sacrebleu_command"] == "sacrebleu ref.raw.txt -i hyp.detok.txt -m bleu chrf ter -lc --chrf-lowercase"
+    # the reference is really the raw one: case-sensitive chrF against it is lower, and the
+    # detokenized binarised reference gives another number
+    cased = _cli_scores(data_bin / "test.raw.tgt", out / "hyp.detok.txt")
+    assert cased["chrF2"]["score"] < scores["chrf"]["score"]
+    detok = _cli_scores(out / "ref.detok.txt", out / "hyp.detok.txt", "-lc", "--chrf-lowercase")
+    assert detok["chrF2"]["score"] != scores["chrf"]["score"]
+    assert scores["sacrebleu"]["length_ratio"] == pytest.approx(scores["sacrebleu"]["sys_len"] /
+                                                                scores["sacrebleu"]["ref_len"])
+
+
+def test_raw_reference_of_another_split_is_refused(toy_raw_evaluation, toy_ls_checkpoint, tmp_path):
+    data_bin, _ = toy_raw_evaluation
+    short = tmp_path / "short.txt"
+    short.write_text("Only one line.\n")
+    proc = run_cli(["bash", EVALUATE, data_bin, toy_ls_checkpoint, tmp_path / "out", "--cpu", "--raw-ref", short],
+                   check=False)
+    _assert_one_line_error(proc, short, "1 lines", "40 sentences")
+    assert not (tmp_path / "out" / "scores.json").exists()

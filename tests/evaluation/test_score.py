@@ -135,3 +135,24 @@ def test_score_cli_line_count_mismatch_and_empty_file(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"score: error: hypothesis file {empty} is empty"
     assert run_main(main, "score", ["--generate-out", str(tmp_path / "nope.out")] + args) == 2
     assert "nope.out does not exist" in capsys.readouterr().err
+
+
+def test_raw_reference_lowercased_scores_and_signatures(tmp_path, capsys):
+    hyps = ["the cat sat on the mat .", "a dog , running ."]
+    raw = ["The cat sat on the mat.", "A dog, running."]
+    (tmp_path / "hyp.txt").write_text("".join(h + "\n" for h in hyps))
+    (tmp_path / "ref.txt").write_text("".join(h + "\n" for h in hyps))
+    (tmp_path / "raw.txt").write_text("".join(r + "\n" for r in raw))
+    args = ["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.txt"), "--target-lang", "en",
+            "--raw-ref", str(tmp_path / "raw.txt")]
+    assert run_main(main, "score", args + ["--out-dir", str(tmp_path / "lc"), "--lowercase"]) == 0
+    lc = json.loads((tmp_path / "lc" / "scores.json").read_text())
+    assert lc["sacrebleu"]["score"] == pytest.approx(100.0)  # detokenised and case-blind: identical
+    assert lc["sacrebleu"]["signature"].startswith("nrefs:1|case:lc|")
+    assert lc["chrf"]["signature"].startswith("nrefs:1|case:lc|") and lc["ter"]["score"] == 0.0
+    assert run_main(main, "score", args + ["--out-dir", str(tmp_path / "cased")]) == 0
+    cased = json.loads((tmp_path / "cased" / "scores.json").read_text())
+    expected = sacrebleu.corpus_bleu(detokenize(hyps, "en"), [raw])
+    assert cased["sacrebleu"]["score"] == pytest.approx(expected.score) and expected.score < 100
+    assert "case:mixed" in cased["sacrebleu"]["signature"] and cased["reference"]["kind"] == "raw"
+    assert "warning" not in capsys.readouterr().err
