@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU checks in one call, for a CUDA machine where torch, triton and the patched fairseq
+# already import (see README, "On a GPU machine"): the op and criterion tests on CUDA, the loss-op
+# benchmark against fairseq's label smoothing (and Liger-Kernel / Apple CCE when installed),
+# and fairseq-train words/s and peak memory for LS vs LABO in fp16 and bf16. Results go to OUT_DIR.
+#
+# usage: bash scripts/gpu_check.sh OUT_DIR [--quick]     (--quick: one shape, fewer updates)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [--quick]}
+quick=${2:-}
+mkdir -p "$out"
+PY=${PYTHON:-python3}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+$PY -c "import torch, triton, fairseq; assert torch.cuda.is_available(), 'no CUDA device'; \
+print('torch', torch.__version__, '| triton', triton.__version__, '| fairseq', fairseq.__version__, '|', torch.cuda.get_device_name())" \
+    | tee "$out/versions.txt" || { echo "gpu_check: torch with CUDA, triton and fairseq must import" >&2; exit 2; }
+
+status=0
+echo "== tests on CUDA"
+$PY -m pytest -q -x tests/functional tests/criterions/test_label_smoothed_labo.py 2>&1 | tee "$out/tests.txt" | tail -n 5
+[[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+
+echo "== loss op"
+shapes=(gpu); [[ $quick == --quick ]] && shapes=(8192x32768)
+$PY scripts/bench_loss.py --device cuda --shapes "${shapes[@]}" --json "$out/bench_loss.json" 2>&1 \
+    | tee "$out/bench_loss.txt" | grep -v '^#' || status=1
+
+echo "== fairseq-train"
+updates=300; [[ $quick == --quick ]] && updates=100
+for precision in fp16 bf16; do
+    $PY scripts/bench_train.py --device cuda --precision "$precision" --vocab 8000 32000 --max-tokens 8192 \
+        --layers 6 --dim 512 --updates "$updates" --repeats 1 --out "$out/bench_train.$precision.json" 2>&1 \
+        | tee "$out/bench_train.$precision.txt" | grep -v '^#' || status=1
+done
+exit $status
