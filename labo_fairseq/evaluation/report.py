@@ -1,31 +1,42 @@
-"""Comparison report over evaluated runs (see `runs` for the run-directory convention).
+"""The comparison report over evaluated runs (see `runs` for the run-directory convention): does
+each method beat label smoothing, on every test set, over all seeds?
 
-Runs are grouped by their label (run.json); each group's scores are the mean ± sample standard
-deviation (ddof=1) over its seeds, or the single value for one seed. The baseline is the group
-whose method is "ls" (or the one named by `baseline`); each other group is compared with it by
-sacreBLEU's paired bootstrap resampling (sacrebleu.significance.PairedTest, test_type "bs") on
-detokenized hypotheses of one seed of each: the lowest seed both have, else the lowest of each.
+Runs are grouped by their label (run.json); runs with one label are seeds of one configuration,
+and its scores are the mean ± sample standard deviation (ddof=1) over seeds. Each group is
+compared with a label-smoothing group (method "ls"): the one with the same α when there are
+several, else the only one; `baseline` names one explicitly. The significance test uses every
+seed of both groups (see `significance`); verdicts are counted over the test sets.
 
-Writes REPORT_DIR/REPORT.md, REPORT_DIR/REPORT.html (images embedded), REPORT_DIR/report.json
-(the headline numbers build_report returns), longtail.png and valid.png.
+Writes, into `out_dir` (built in a temporary directory beside it and swapped in at the end, so a
+failure leaves the previous report whole): REPORT.md, REPORT.html (images embedded),
+report.json (the headline `build_report` returns), longtail.png, curves.png and, for a τ/α
+sweep, sweep.png.
 """
 import argparse
 import base64
 import html
 import json
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tabulate import tabulate
 
+from labo_fairseq.evaluation import significance
 from labo_fairseq.evaluation.errors import EvaluationError, read_lines, run_main
 from labo_fairseq.evaluation.longtail import bucket_label
 from labo_fairseq.evaluation.runs import Run, load_run
 
 BASELINE_METHOD = "ls"
-SCORE_KEYS = (("bleu", "BLEU (tok.)"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF"))
+SCORE_KEYS = (("bleu", "BLEU (tok.)"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF"), ("ter", "TER"))
+SIGNIFICANCE_METRICS = (("sacrebleu", "sacreBLEU"), ("chrf", "chrF"))
 DEFAULT_RARE_BELOW = 10
+DEFAULT_EXAMPLES = 5
+DASH = "–"
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -51,7 +62,10 @@ def merged_f1(buckets: Sequence[dict], lo: int, hi: int) -> Optional[float]:
     return 2 * precision * recall / (precision + recall)
 
 
-def _group_runs(runs: Sequence[Run], baseline: Optional[str]) -> Tuple[List[dict], Optional[dict]]:
+# ------------------------------------------------------------------------------------- grouping
+
+
+def _group_runs(runs: Sequence[Run]) -> List[dict]:
     groups: Dict[str, dict] = {}
     for run in runs:
         group = groups.setdefault(run.label, {"label": run.label, "method": run.method, "runs": []})
@@ -65,263 +79,607 @@ def _group_runs(runs: Sequence[Run], baseline: Optional[str]) -> Tuple[List[dict
             raise EvaluationError(f"runs labelled {group['label']!r} repeat a seed: "
                                   f"{', '.join(str(run.path) for run in group['runs'])}")
         group["runs"].sort(key=lambda run: (run.seed is None, run.seed or 0))
+        first = group["runs"][0]
+        group["config"] = first.config
+        group["tau"] = first.hyperparameter("tau") if group["method"] != BASELINE_METHOD else None
+        group["label_smoothing"] = first.hyperparameter("label_smoothing")
+    return list(groups.values())
+
+
+def _choose_baselines(groups: List[dict], baseline: Optional[str]) -> Tuple[Optional[dict], Dict[str, dict]]:
+    """The main baseline group and, per group label, the group it is compared with."""
     if baseline is not None:
-        if baseline not in groups:
-            raise EvaluationError(f"baseline {baseline!r} is not a run label; labels: {', '.join(groups)}")
-        base = groups[baseline]
-    else:
-        candidates = [g for g in groups.values() if g["method"] == BASELINE_METHOD]
-        if len(candidates) > 1:
-            raise EvaluationError(f"several groups have method {BASELINE_METHOD!r} "
-                                  f"({', '.join(g['label'] for g in candidates)}); choose one with --baseline")
-        base = candidates[0] if candidates else None
-    ordered = ([base] if base else []) + [g for g in groups.values() if g is not base]
-    return ordered, base
+        chosen = next((g for g in groups if g["label"] == baseline), None)
+        if chosen is None:
+            raise EvaluationError(f"baseline {baseline!r} is not a run label; labels: "
+                                  f"{', '.join(g['label'] for g in groups)}")
+        return chosen, {g["label"]: chosen for g in groups if g is not chosen}
+    candidates = [g for g in groups if g["method"] == BASELINE_METHOD]
+    if not candidates:
+        return None, {}
+    main = next((g for g in candidates if g["label_smoothing"] in ("0.1", None)), candidates[0])
+    pairing = {}
+    for group in groups:
+        if group["method"] == BASELINE_METHOD:
+            continue
+        same_alpha = [c for c in candidates if c["label_smoothing"] == group["label_smoothing"]]
+        pairing[group["label"]] = same_alpha[0] if len(same_alpha) == 1 else main
+    return main, pairing
 
 
-def _paired_runs(group: dict, base: dict) -> Tuple[Run, Run]:
-    base_by_seed = {run.seed: run for run in base["runs"]}
-    for run in group["runs"]:
-        if run.seed in base_by_seed:
-            return run, base_by_seed[run.seed]
-    return group["runs"][0], base["runs"][0]
+# ----------------------------------------------------------------------------------------- scores
 
 
-def paired_bootstrap(system: Run, baseline: Run, n_samples: int = 1000) -> dict:
-    """sacreBLEU's paired bootstrap test of `system` against `baseline` (BLEU and chrF on the
-    detokenized text): per metric the score, the bootstrap mean, the 95% CI half-width and the
-    p-value; plus the test signatures (seed from SACREBLEU_SEED, default 12345)."""
-    from sacrebleu.metrics import BLEU, CHRF
-    from sacrebleu.significance import PairedTest
+def _hyps(run: Run, subset: str) -> List[str]:
+    return read_lines(run.evals[subset].directory / "hyp.detok.txt", "hypothesis file", allow_empty=True)
 
-    refs = read_lines(baseline.eval_dir / "ref.detok.txt", "reference file")
-    system_refs = read_lines(system.eval_dir / "ref.detok.txt", "reference file")
-    if refs != system_refs:
-        raise EvaluationError(f"runs {baseline.path} and {system.path} were evaluated on different references "
-                              f"({baseline.eval_dir / 'ref.detok.txt'}, {system.eval_dir / 'ref.detok.txt'})")
-    named_hyps = []
-    for run in (baseline, system):
-        hyps = read_lines(run.eval_dir / "hyp.detok.txt", "hypothesis file", allow_empty=True)
+
+def _references(runs: Sequence[Run], subset: str) -> Tuple[List[str], bool, Path]:
+    """The reference sacreBLEU scored (shared by all runs, else an error), and its case setting."""
+    first = runs[0].evals[subset]
+    refs = read_lines(first.reference_file, "reference file")
+    for run in runs[1:]:
+        other = run.evals[subset]
+        if other.lowercase != first.lowercase or read_lines(other.reference_file, "reference file") != refs:
+            raise EvaluationError(f"runs {runs[0].path} and {run.path} were evaluated on different references "
+                                  f"({first.reference_file}, {other.reference_file})")
+    return refs, first.lowercase, first.reference_file
+
+
+def _length_ratio(scores: dict) -> Optional[float]:
+    sacre = scores.get("sacrebleu", {})
+    if sacre.get("length_ratio") is not None:
+        return sacre["length_ratio"]
+    bleu = scores.get("bleu", {})
+    if bleu.get("ref_len"):
+        return bleu["sys_len"] / bleu["ref_len"]
+    return None
+
+
+def _subset_summary(group: dict, subset: str, rare_below: int) -> dict:
+    runs = group["runs"]
+    entry = {}
+    for key, _ in SCORE_KEYS:
+        values = [run.evals[subset].scores.get(key, {}).get("score") for run in runs]
+        entry[key] = None if any(v is None for v in values) else summarize(values)
+    ratios = [_length_ratio(run.evals[subset].scores) for run in runs]
+    entry["length_ratio"] = None if any(r is None for r in ratios) else summarize(ratios)
+    rare = [merged_f1(run.evals[subset].longtail["buckets"], 1, rare_below) for run in runs]
+    entry["rare_f1"] = None if any(value is None for value in rare) else summarize(rare)
+    return entry
+
+
+def _significance(group: dict, base: dict, subset: str, n_samples: int) -> dict:
+    refs, lowercase, _ = _references(base["runs"] + group["runs"], subset)
+    system = [_hyps(run, subset) for run in group["runs"]]
+    baseline = [_hyps(run, subset) for run in base["runs"]]
+    for run, hyps in zip(group["runs"] + base["runs"], system + baseline):
         if len(hyps) != len(refs):
-            raise EvaluationError(f"line counts differ: hypothesis file {run.eval_dir / 'hyp.detok.txt'} has "
-                                  f"{len(hyps)} lines, reference file {run.eval_dir / 'ref.detok.txt'} has {len(refs)}")
-        named_hyps.append((run.name, hyps))
-    signatures, results = PairedTest(named_hyps,
-                                     {"BLEU": BLEU(), "chrF": CHRF()}, [refs],
-                                     test_type="bs", n_samples=n_samples)()
-    out = {"system": str(system.path), "baseline": str(baseline.path),
-           "system_seed": system.seed, "baseline_seed": baseline.seed}
-    for key, name in (("sacrebleu", "BLEU"), ("chrf", "chrF2")):
-        base_result, result = results[name]
-        out[key] = {"score": result.score, "mean": result.mean, "ci": result.ci, "p_value": result.p_value,
-                    "baseline_score": base_result.score, "baseline_mean": base_result.mean,
-                    "baseline_ci": base_result.ci, "signature": str(signatures[name])}
+            raise EvaluationError(f"line counts differ: hypothesis file {run.evals[subset].directory / 'hyp.detok.txt'} "
+                                  f"has {len(hyps)} lines, reference file has {len(refs)}")
+    out = {"baseline": base["label"], "seeds": [r.seed for r in group["runs"]],
+           "baseline_seeds": [r.seed for r in base["runs"]], "lowercase": lowercase}
+    for key, _ in SIGNIFICANCE_METRICS:
+        out[key] = significance.compare(system, baseline, refs, key, lowercase, n_samples)
+    out["identical"] = out["sacrebleu"]["identical"]
+    out["verdict"] = significance.verdict(out["sacrebleu"])
     return out
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] = None, baseline: Optional[str] = None,
+                 rare_below: int = DEFAULT_RARE_BELOW, bootstrap_samples: int = significance.DEFAULT_SAMPLES,
+                 failed: Optional[Dict[str, str]] = None, examples: int = DEFAULT_EXAMPLES,
+                 subset: Optional[str] = None) -> dict:
+    """Writes the report into `out_dir` and returns its headline (also saved as report.json):
+
+        {"subsets": [...], "subset": subsets[0], "baseline": label | None, "level": "word" | "token",
+         "rare_range": [1, rare_below], "test": {"description", "samples", "alpha", "sided"},
+         "methods": [{"label", "method", "config", "tau", "label_smoothing", "seeds", "runs",
+                      "baseline": label of the LS group it is compared with | None,
+                      "by_subset": {subset: {"bleu" | "sacrebleu" | "chrf" | "ter" | "length_ratio" | "rare_f1":
+                                                 {"mean", "std", "n", "values"} | None,
+                                             "delta": {"bleu", "sacrebleu", "chrf"} | None,
+                                             "significance": None | {"baseline", "seeds", "baseline_seeds",
+                                                 "identical", "verdict", "sacrebleu" | "chrf": significance.compare()}}},
+                      "verdict": None | significance.summarize_verdicts() over the subsets,
+                      # the first subset's numbers, for callers that print one test set:
+                      "bleu", "sacrebleu", "chrf", "ter", "length_ratio", "rare_f1", "delta", "significance"},
+                     ...],   # the main baseline first
+         "failed": {run name: reason}, "figures": {png name: figure_info}, "files": {...}}
+
+    `subset` (one name) is accepted for older callers; `failed` lists runs that did not finish
+    (run directories holding a FAILED file are added to it instead of being read).
+    """
+    from labo_fairseq.evaluation.plots import figure_info, plot_longtail, plot_sweep, plot_training_curves
+
+    if subsets is None:
+        subsets = [subset or "test"]
+    subsets = list(subsets)
+    if not subsets:
+        raise EvaluationError("no subsets given")
+    failed = dict(failed or {})
+    loadable = []
+    for run_dir in run_dirs:
+        marker = Path(run_dir) / "FAILED"
+        if marker.is_file():
+            failed.setdefault(Path(run_dir).name, marker.read_text(encoding="utf-8", errors="replace").strip())
+        else:
+            loadable.append(run_dir)
+    if not loadable:
+        raise EvaluationError("no finished run directories given" + (f" ({len(failed)} failed)" if failed else ""))
+    runs = [load_run(run_dir, subsets) for run_dir in loadable]
+    for s in subsets:
+        _check_same_buckets(runs, s)
+    groups = _group_runs(runs)
+    main, pairing = _choose_baselines(groups, baseline)
+    ordered = ([main] if main else []) + [g for g in groups if g is not main]
+    level = runs[0].evals[subsets[0]].longtail.get("level")
+
+    methods = []
+    for group in ordered:
+        base = pairing.get(group["label"])
+        entry = {"label": group["label"], "method": group["method"], "config": group["config"],
+                 "tau": group["tau"], "label_smoothing": group["label_smoothing"],
+                 "seeds": [run.seed for run in group["runs"]], "runs": [str(run.path) for run in group["runs"]],
+                 "baseline": base["label"] if base else None, "by_subset": {}}
+        for s in subsets:
+            numbers = _subset_summary(group, s, rare_below)
+            numbers["delta"], numbers["significance"] = None, None
+            if base is not None:
+                base_numbers = _subset_summary(base, s, rare_below)
+                numbers["delta"] = {key: numbers[key]["mean"] - base_numbers[key]["mean"]
+                                    for key in ("bleu", "sacrebleu", "chrf")}
+                numbers["significance"] = _significance(group, base, s, bootstrap_samples)
+            entry["by_subset"][s] = numbers
+        entry["verdict"] = (significance.summarize_verdicts(
+            [entry["by_subset"][s]["significance"]["verdict"] for s in subsets]) if base is not None else None)
+        entry.update({key: entry["by_subset"][subsets[0]][key]
+                      for key in ("bleu", "sacrebleu", "chrf", "ter", "length_ratio", "rare_f1", "delta",
+                                  "significance")})
+        methods.append(entry)
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        figures = {"longtail.png": plot_longtail(
+            {g["label"]: [run.evals[subsets[0]].longtail for run in g["runs"]] for g in ordered},
+            staging / "longtail.png", level)}
+        figures["curves.png"] = plot_training_curves(
+            {g["label"]: {"valid": [run.valid for run in g["runs"]], "train": [run.train for run in g["runs"]]}
+             for g in ordered}, staging / "curves.png")
+        sweep = _sweep_data(ordered, methods, subsets)
+        if sweep is not None:
+            figures["sweep.png"] = plot_sweep(*sweep, staging / "sweep.png")
+        headline = {
+            "subsets": subsets, "subset": subsets[0], "baseline": main["label"] if main else None, "level": level,
+            "rare_range": [1, rare_below],
+            "test": {"description": significance.describe(bootstrap_samples), "samples": bootstrap_samples,
+                     "alpha": significance.ALPHA, "sided": "two-sided", "metric": "sacrebleu"},
+            "methods": methods, "failed": failed,
+            "figures": {name: figure_info(path) for name, path in figures.items()},
+            "files": {"markdown": str(out_dir / "REPORT.md"), "html": str(out_dir / "REPORT.html"),
+                      "json": str(out_dir / "report.json"),
+                      **{name.replace(".", "_"): str(out_dir / name) for name in figures}},
+        }
+        sections = _sections(headline, ordered, runs, pairing, examples)
+        (staging / "REPORT.md").write_text(_render_markdown(sections), encoding="utf-8")
+        (staging / "REPORT.html").write_text(_render_html(sections, staging), encoding="utf-8")
+        (staging / "report.json").write_text(
+            json.dumps(headline, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return headline
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replaces out_dir by the finished staging directory; the old one is removed only after."""
+    aside = None
+    if out_dir.exists():
+        aside = out_dir.with_name(f".{out_dir.name}.old-{staging.name}")
+        out_dir.rename(aside)
+    staging.rename(out_dir)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _check_same_buckets(runs: Sequence[Run], subset: str) -> None:
+    first = runs[0].evals[subset]
+    edges = [(b["lo"], b["hi"]) for b in first.longtail["buckets"]]
+    for run in runs[1:]:
+        other = run.evals[subset]
+        if other.longtail.get("level") != first.longtail.get("level") or \
+                [(b["lo"], b["hi"]) for b in other.longtail["buckets"]] != edges:
+            raise EvaluationError(f"long-tail files differ in level or buckets: {first.directory / 'longtail.json'} "
+                                  f"and {other.directory / 'longtail.json'}")
+
+
+def _tau_value(tau: Optional[str]) -> Optional[float]:
+    try:
+        return float(tau)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sweep_data(groups: List[dict], methods: List[dict], subsets: Sequence[str]):
+    """(points, baselines) for plot_sweep when at least two non-LS configurations have a τ."""
+    swept = [(g, m) for g, m in zip(groups, methods)
+             if g["method"] != BASELINE_METHOD and _tau_value(g["tau"]) is not None]
+    if len(swept) < 2:
+        return None
+    points, baselines = {}, {}
+    for s in subsets:
+        points[s] = {}
+        for group, entry in swept:
+            alpha = group["label_smoothing"] or "?"
+            series = f"α={alpha}" if group["method"] == "labo" else f"{group['method'].upper()} α={alpha}"
+            stop = group["runs"][0].info.get("stop_update")
+            if stop is not None:
+                series += f", stop {stop}"
+            summary = entry["by_subset"][s]["sacrebleu"]
+            points[s].setdefault(series, []).append((_tau_value(group["tau"]), summary["mean"], summary["std"]))
+        baselines[s] = {m["label"]: (m["by_subset"][s]["sacrebleu"]["mean"], m["by_subset"][s]["sacrebleu"]["std"])
+                        for g, m in zip(groups, methods) if g["method"] == BASELINE_METHOD}
+    return points, baselines
+
+
+# ------------------------------------------------------------------------------------- formatting
 
 
 def _fmt(summary: Optional[dict], digits: int = 2) -> str:
     if summary is None:
-        return "-"
+        return DASH
     if summary["n"] > 1:
         return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
     return f"{summary['mean']:.{digits}f}"
 
 
-def _table_md(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _fmt_p(p: Optional[float]) -> str:
+    if p is None:
+        return DASH
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def _table_html(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _fmt_delta(value: Optional[float]) -> str:
+    return DASH if value is None else f"{value:+.2f}"
 
 
-def _check_same_buckets(runs: Sequence[Run]) -> None:
-    first = runs[0]
-    edges = [(b["lo"], b["hi"]) for b in first.longtail["buckets"]]
-    for run in runs[1:]:
-        if run.longtail.get("level") != first.longtail.get("level") or \
-                [(b["lo"], b["hi"]) for b in run.longtail["buckets"]] != edges:
-            raise EvaluationError(f"long-tail files differ in level or buckets: {first.eval_dir / 'longtail.json'} "
-                                  f"and {run.eval_dir / 'longtail.json'}")
+def _test_set_name(runs: Sequence[Run], subset: str) -> str:
+    """The published name of a split (prepare.json's test_sets), else the split name."""
+    data_bin = runs[0].evals[subset].scores.get("data_bin")
+    if data_bin:
+        try:
+            prepare = json.loads((Path(data_bin) / "prepare.json").read_text(encoding="utf-8"))
+            name = (prepare.get("test_sets") or {}).get(subset)
+            if name:
+                return f"{subset} ({' + '.join(name) if isinstance(name, list) else name})"
+        except (OSError, ValueError):
+            pass
+    return subset
 
 
-def build_report(run_dirs: Sequence, out_dir, subset: str = "test", baseline: Optional[str] = None,
-                 rare_below: int = DEFAULT_RARE_BELOW, bootstrap_samples: int = 1000) -> dict:
-    """Writes the report files into `out_dir` and returns the headline numbers:
-
-        {"subset", "baseline": label | None, "level", "rare_range": [1, rare_below],
-         "methods": [{"label", "method", "seeds", "runs",
-                      "bleu" | "sacrebleu" | "chrf" | "rare_f1": {"mean", "std", "n", "values"},
-                      "significance": None | paired_bootstrap(...)}, ...],   # baseline first
-         "files": {"markdown", "html", "json", "longtail_png", "valid_png"}}
-
-    rare_f1 is the F1 of the seen types with training frequency in [1, rare_below), from the
-    long-tail buckets inside that range; None when no bucket lies inside it.
-    """
-    from labo_fairseq.evaluation.plots import plot_longtail, plot_valid_curves
-
-    if not run_dirs:
-        raise EvaluationError("no run directories given")
-    runs = [load_run(run_dir, subset) for run_dir in run_dirs]
-    _check_same_buckets(runs)
-    groups, base = _group_runs(runs, baseline)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    level = runs[0].longtail.get("level")
-
-    methods = []
-    for group in groups:
-        entry = {"label": group["label"], "method": group["method"],
-                 "seeds": [run.seed for run in group["runs"]], "runs": [str(run.path) for run in group["runs"]]}
-        for key, _ in SCORE_KEYS:
-            entry[key] = summarize([run.scores[key]["score"] for run in group["runs"]])
-        rare = [merged_f1(run.longtail["buckets"], 1, rare_below) for run in group["runs"]]
-        entry["rare_f1"] = None if any(value is None for value in rare) else summarize(rare)
-        entry["significance"] = None
-        if base is not None and group is not base:
-            system_run, base_run = _paired_runs(group, base)
-            entry["significance"] = paired_bootstrap(system_run, base_run, bootstrap_samples)
-        methods.append(entry)
-
-    longtail_png = plot_longtail({g["label"]: [run.longtail for run in g["runs"]] for g in groups},
-                                 out_dir / "longtail.png")
-    valid_png = plot_valid_curves({g["label"]: [(run.name, run.valid) for run in g["runs"]] for g in groups},
-                                  out_dir / "valid.png")
-    headline = {"subset": subset, "baseline": base["label"] if base else None, "level": level,
-                "rare_range": [1, rare_below], "methods": methods,
-                "files": {"markdown": str(out_dir / "REPORT.md"), "html": str(out_dir / "REPORT.html"),
-                          "json": str(out_dir / "report.json"), "longtail_png": str(longtail_png),
-                          "valid_png": str(valid_png)}}
-    sections = _sections(headline, groups, runs)
-    (out_dir / "REPORT.md").write_text(_render_markdown(sections), encoding="utf-8")
-    (out_dir / "REPORT.html").write_text(_render_html(sections, out_dir), encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(headline, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                                         encoding="utf-8")
-    return headline
+def _verdict_line(method: dict) -> str:
+    verdict = method["verdict"]
+    deltas = [method["by_subset"][s]["delta"]["sacrebleu"] for s in method["by_subset"]]
+    mean_delta = sum(deltas) / len(deltas)
+    word = verdict["word"].upper() if verdict["word"] in ("better", "worse") else verdict["word"]
+    return (f"{method['label']} vs {method['baseline']}: {word} — {verdict['text']}; "
+            f"mean Δ sacreBLEU {mean_delta:+.2f} over {verdict['of']} test set{'s' if verdict['of'] != 1 else ''}")
 
 
-def _sections(headline: dict, groups: List[dict], runs: List[Run]) -> List[tuple]:
-    """The report as ("h2"|"p"|"table"|"img", content) items, rendered to Markdown and HTML."""
-    methods = headline["methods"]
+def _sections(headline: dict, groups: List[dict], runs: List[Run], pairing: Dict[str, dict],
+              n_examples: int) -> List[tuple]:
+    """The report as ("h1"|"h2"|"h3"|"p"|"table"|"img"|"pre", content) items for Markdown and HTML."""
+    methods, subsets = headline["methods"], headline["subsets"]
     rare_lo, rare_hi = headline["rare_range"]
-    items = [("h1", f"Evaluation report: {headline['subset']} set"),
-             ("p", f"{len(runs)} runs in {len(groups)} groups. Scores are mean ± sample std over seeds "
-                   f"where a group has several. BLEU (tok.) is fairseq-generate's tokenized BLEU; "
-                   f"sacreBLEU and chrF are on Moses-detokenized text. Rare F1: F1 of types seen "
-                   f"{rare_lo}–{rare_hi - 1} times in the training target text ({headline['level']} level).")]
-    headers = ["Method", "Seeds", "BLEU (tok.)", "sacreBLEU", "chrF", "Rare F1"]
-    rows = [[m["label"], ", ".join(str(s) for s in m["seeds"])] +
-            [_fmt(m[key]) for key, _ in SCORE_KEYS] + [_fmt(m["rare_f1"], 3)] for m in methods]
-    items += [("h2", "Scores"), ("table", (headers, rows))]
-    signatures = {runs[0].scores[key].get("signature") for key in ("sacrebleu", "chrf")}
-    items.append(("p", "sacreBLEU signatures: " + "; ".join(sorted(s for s in signatures if s))))
+    first = runs[0].evals[subsets[0]].scores
+    items = [("h1", "Does each method beat label smoothing?")]
 
-    items.append(("h2", f"Significance against {headline['baseline'] or '(no baseline)'}"))
-    compared = [m for m in methods if m["significance"]]
-    if not compared:
-        items.append(("p", "No comparison: there is no baseline group (method \"ls\") or no other group."))
+    compared = [m for m in methods if m["verdict"]]
+    if compared:
+        items.append(("p", "**Verdict** (sacreBLEU on every test set, all seeds, two-sided paired bootstrap):"))
+        items.append(("list", [_verdict_line(m) for m in compared]))
     else:
-        headers = ["Method", "Seed (vs baseline seed)", "sacreBLEU μ ± 95% CI", "p", "chrF μ ± 95% CI", "p"]
-        rows = []
-        base_sig = compared[0]["significance"]
-        rows.append([headline["baseline"], f"{base_sig['baseline_seed']}",
-                     f"{base_sig['sacrebleu']['baseline_mean']:.2f} ± {base_sig['sacrebleu']['baseline_ci']:.2f}", "-",
-                     f"{base_sig['chrf']['baseline_mean']:.2f} ± {base_sig['chrf']['baseline_ci']:.2f}", "-"])
-        for m in compared:
-            sig = m["significance"]
-            rows.append([m["label"], f"{sig['system_seed']} (vs {sig['baseline_seed']})",
-                         f"{sig['sacrebleu']['mean']:.2f} ± {sig['sacrebleu']['ci']:.2f}",
-                         f"{sig['sacrebleu']['p_value']:.4f}",
-                         f"{sig['chrf']['mean']:.2f} ± {sig['chrf']['ci']:.2f}", f"{sig['chrf']['p_value']:.4f}"])
-        items.append(("table", (headers, rows)))
-        items.append(("p", "Paired bootstrap resampling (sacreBLEU): " + compared[0]["significance"]["sacrebleu"]["signature"]))
+        items.append(("p", "No comparison: there is no baseline group (method \"ls\") or no other group."))
+    if headline["failed"]:
+        items.append(("p", f"**{len(headline['failed'])} run(s) failed** and are not in the numbers below: "
+                           f"{', '.join(headline['failed'])} (see \"Failed runs\")."))
 
-    items.append(("h2", f"Long tail: accuracy by training frequency ({headline['level']} level)"))
-    headers = ["Bucket", "Ref tokens"] + [f"{g['label']} {col}" for g in groups for col in ("F1", "hyp/ref")]
+    # Setup: what was decoded, how, against what
+    checkpoints = sorted({str(run.info.get("checkpoint") or Path(str(run.evals[subsets[0]].scores.get("checkpoint", "?"))).name)
+                          for run in runs})
+    reference = first.get("reference", {})
+    ref_text = ("the raw reference text as published" if reference.get("kind") == "raw" else
+                "the detokenized binarised reference (no raw reference was recorded: NOT comparable with "
+                "published sacreBLEU)")
+    items.append(("h2", "Setup"))
+    items.append(("list", [
+        "Test sets: " + ", ".join(_test_set_name(runs, s) + f" ({first_num(runs, s)} sentences)" for s in subsets),
+        f"Decoding: beam {first.get('beam', '?')}, length penalty {first.get('lenpen', '?')}",
+        f"Evaluated checkpoint: {'; '.join(checkpoints)}",
+        f"BLEU (tok.) is fairseq-generate's tokenized BLEU; sacreBLEU, chrF and TER score the detokenized output "
+        f"against {ref_text}" + (", case-insensitively (the training data is lowercased)"
+                                 if reference.get("lowercase") else "") + ".",
+        "Scores are mean ± sample sd over seeds; Δ is against the LS group named in each row.",
+    ]))
+    items.append(("p", "Signatures: " + "; ".join(
+        f"{name}: `{first[key]['signature']}`" for key, name in (("sacrebleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"))
+        if isinstance(first.get(key), dict) and first[key].get("signature"))))
+    if first.get("sacrebleu_command"):
+        items.append(("p", f"Reproduce in a run's eval/<subset>/ directory: `{first['sacrebleu_command']}`"))
+    items.append(("p", "Significance: " + headline["test"]["description"]))
+
+    for s in subsets:
+        items.append(("h2", f"Test set {_test_set_name(runs, s)}"))
+        headers = ["Method", "Seeds", "BLEU (tok.)", "sacreBLEU", "Δ sacreBLEU", "p (sacreBLEU)", "chrF", "Δ chrF",
+                   "p (chrF)", "TER", "Length ratio", f"Rare F1 ({rare_lo}–{rare_hi - 1})", "Verdict"]
+        rows = []
+        for m in methods:
+            numbers = m["by_subset"][s]
+            sig = numbers["significance"]
+            delta = numbers["delta"] or {}
+            rows.append([m["label"], len(m["seeds"]), _fmt(numbers["bleu"]), _fmt(numbers["sacrebleu"]),
+                         _fmt_delta(delta.get("sacrebleu")), _p_cell(sig, "sacrebleu"),
+                         _fmt(numbers["chrf"]), _fmt_delta(delta.get("chrf")), _p_cell(sig, "chrf"),
+                         _fmt(numbers["ter"]), _fmt(numbers["length_ratio"], 3), _fmt(numbers["rare_f1"], 3),
+                         (f"{sig['verdict']} vs {sig['baseline']}" if sig else "baseline" if m["label"] == headline["baseline"] else DASH)])
+        items.append(("table", (headers, rows)))
+        detail = []
+        for m in methods:
+            sig = m["by_subset"][s]["significance"]
+            if not sig:
+                continue
+            for key, name in SIGNIFICANCE_METRICS:
+                result = sig[key]
+                boot = result["bootstrap"]
+                detail.append([m["label"], name, f"{result['score']:.2f}", f"{result['baseline_score']:.2f}",
+                               f"{result['delta']:+.2f}",
+                               "identical" if result["identical"] else f"[{boot['ci'][0]:+.2f}, {boot['ci'][1]:+.2f}]",
+                               f"{boot['mean']:.2f} / {boot['baseline_mean']:.2f}",
+                               "1 (identical)" if result["identical"] else _fmt_p(boot["p_value"]),
+                               _fmt_p(result["ar"]["p_value"]) if result["ar"] else "n/a (seed counts differ)"])
+        if detail:
+            items.append(("p", "Significance details: actual scores (mean over seeds), Δ with its bootstrap 95% "
+                               "interval, bootstrap means, two-sided p-values."))
+            items.append(("table", (["Method", "Metric", "Score", "LS score", "Δ", "95% CI of Δ",
+                                     "Bootstrap mean (method / LS)", "p bootstrap", "p approx. randomization"],
+                                    detail)))
+
+    items.append(("h2", "Per-seed scores"))
+    headers = ["Method", "Seed"] + [f"{s} {name}" for s in subsets for name in ("BLEU (tok.)", "sacreBLEU", "chrF")]
     rows = []
-    for b, bucket in enumerate(runs[0].longtail["buckets"]):
-        row = [bucket_label(bucket), bucket["ref_count"]]
-        for group in groups:
-            f1 = summarize([run.longtail["buckets"][b]["f1"] for run in group["runs"]])
-            ratios = [run.longtail["buckets"][b]["ratio"] for run in group["runs"]]
-            ratio = None if any(r is None for r in ratios) else summarize(ratios)
-            row += [_fmt(f1, 3), _fmt(ratio, 3)]
-        rows.append(row)
-    items += [("table", (headers, rows)), ("img", "longtail.png")]
-    items += [("h2", "Validation loss and perplexity"), ("img", "valid.png")]
-    headers = ["Run directory", "Method", "Label", "Seed", "Last valid loss", "Updates"]
-    rows = [[str(run.path), run.method, run.label, run.seed,
-             f"{run.valid[-1]['loss']:.3f}" if run.valid and "loss" in run.valid[-1] else "-",
-             run.valid[-1]["num_updates"] if run.valid else "-"] for run in runs]
+    for group in groups:
+        for run in group["runs"]:
+            rows.append([group["label"], run.seed if run.seed is not None else DASH] +
+                        [f"{run.evals[s].scores[key]['score']:.2f}" for s in subsets for key in ("bleu", "sacrebleu", "chrf")])
+    items.append(("table", (headers, rows)))
+
+    if "sweep.png" in headline["figures"]:
+        items += [("h2", "τ/α sweep"),
+                  ("p", "sacreBLEU (mean ± sd over seeds) against LABO's temperature τ, one line per α; LS as a "
+                        "horizontal line. τ = ∞ (uniform smoothing) is drawn at the right edge."),
+                  ("img", "sweep.png")]
+
+    items += [("h2", "Training curves"),
+              ("p", "Validation and training NLL (bits per target token) and perplexity: comparable across "
+                    "criteria, unlike each criterion's own loss. q entropy: LABO's smoothing distribution (bits; "
+                    "log2(V−1) is uniform). Lines are means over seeds with ±1 sd bands."),
+              ("img", "curves.png")]
+
+    level = headline["level"]
+    for s in subsets:
+        items.append(("h2", f"Long tail on {s}: accuracy by training frequency ({level} level)"))
+        headers = ["Bucket", f"Ref {level}s"] + [f"{g['label']} {col}" for g in groups for col in ("F1", "hyp/ref")]
+        rows = []
+        for b, bucket in enumerate(groups[0]["runs"][0].evals[s].longtail["buckets"]):
+            row = [bucket_label(bucket), bucket["ref_count"]]
+            for group in groups:
+                entries = [run.evals[s].longtail["buckets"][b] for run in group["runs"]]
+                empty = all(e["ref_count"] == 0 and e["hyp_count"] == 0 for e in entries)
+                f1 = None if empty else summarize([e["f1"] for e in entries])
+                ratios = [e["ratio"] for e in entries]
+                ratio = None if any(r is None for r in ratios) else summarize(ratios)
+                row += [_fmt(f1, 3), _fmt(ratio, 3)]
+            rows.append(row)
+        items.append(("table", (headers, rows)))
+        if s == subsets[0]:
+            items.append(("img", "longtail.png"))
+    items.append(("p", f"{DASH}: the bucket has no {level} in the reference (hyp/ref) or in neither (F1)."))
+
+    items += _example_sections(groups, pairing, subsets[0], n_examples)
+
+    if headline["failed"]:
+        items.append(("h2", "Failed runs"))
+        items.append(("table", (["Run", "Reason"], [[name, reason.splitlines()[0] if reason else "?"]
+                                                    for name, reason in headline["failed"].items()])))
+        for name, reason in headline["failed"].items():
+            tail = _log_tail(reason)
+            if tail:
+                items += [("p", f"Last lines of the log of {name}:"), ("pre", tail)]
+
+    headers = ["Run directory", "Label", "Seed", "Updates", "Valid NLL (last)", "Valid ppl (last)", "Checkpoint"]
+    rows = [[str(run.path), run.label, run.seed if run.seed is not None else DASH,
+             run.valid[-1]["num_updates"] if run.valid else DASH,
+             f"{run.valid[-1]['nll_loss']:.3f}" if run.valid and "nll_loss" in run.valid[-1] else DASH,
+             f"{run.valid[-1]['ppl']:.2f}" if run.valid and "ppl" in run.valid[-1] else DASH,
+             str(run.info.get("checkpoint") or Path(str(run.scores.get("checkpoint", DASH))).name)] for run in runs]
     items += [("h2", "Runs"), ("table", (headers, rows))]
+    return items
+
+
+def first_num(runs: Sequence[Run], subset: str) -> str:
+    return str(runs[0].evals[subset].scores.get("num_sentences", "?"))
+
+
+def _p_cell(sig: Optional[dict], key: str) -> str:
+    if not sig:
+        return DASH
+    result = sig[key]
+    return "identical (p = 1)" if result["identical"] else _fmt_p(result["bootstrap"]["p_value"])
+
+
+def _log_tail(reason: str, lines: int = 8) -> Optional[str]:
+    """The last lines of a log file that a failure reason names ("...; see /path/train.log")."""
+    for candidate in re.findall(r"(/\S+\.log)\b", reason or ""):
+        path = Path(candidate)
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()
+            return "\n".join(text[-lines:])
+    return None
+
+
+def _example_sections(groups: List[dict], pairing: Dict[str, dict], subset: str, n: int) -> List[tuple]:
+    """compare-mt-style examples: the sentences where a method and its LS baseline differ most in
+    sentence chrF (one seed each: the lowest seed both have, else each one's lowest)."""
+    from sacrebleu.metrics import CHRF
+
+    items = []
+    for group in groups:
+        base = pairing.get(group["label"])
+        if base is None or n <= 0:
+            continue
+        base_by_seed = {run.seed: run for run in base["runs"]}
+        system_run = next((run for run in group["runs"] if run.seed in base_by_seed), group["runs"][0])
+        base_run = base_by_seed.get(system_run.seed, base["runs"][0])
+        refs, lowercase, _ = _references([base_run, system_run], subset)
+        sources = read_lines(system_run.evals[subset].directory / "src.txt", "source file", allow_empty=True) \
+            if (system_run.evals[subset].directory / "src.txt").is_file() else [""] * len(refs)
+        hyp_sys, hyp_base = _hyps(system_run, subset), _hyps(base_run, subset)
+        chrf = CHRF(lowercase=lowercase)
+        differences = []
+        for i, (ref, a, b) in enumerate(zip(refs, hyp_sys, hyp_base)):
+            if a != b:
+                score_a, score_b = chrf.sentence_score(a, [ref]).score, chrf.sentence_score(b, [ref]).score
+                differences.append((abs(score_a - score_b), i, score_a, score_b))
+        differences.sort(key=lambda d: (-d[0], d[1]))
+        items.append(("h3", f"Examples on {subset}: {group['label']} (seed {system_run.seed}) vs {base['label']} "
+                            f"(seed {base_run.seed})"))
+        if not differences:
+            items.append(("p", "The two outputs are identical."))
+            continue
+        rows = [[i, sources[i] if i < len(sources) else "", refs[i], hyp_base[i], f"{score_b:.1f}", hyp_sys[i],
+                 f"{score_a:.1f}"] for _, i, score_a, score_b in differences[:n]]
+        items.append(("p", f"{len(differences)} of {len(refs)} sentences differ; the {min(n, len(differences))} "
+                           f"with the largest difference in sentence chrF:"))
+        items.append(("table", (["Line", "Source", "Reference", base["label"], "chrF", group["label"], "chrF"], rows)))
+    if items:
+        items.insert(0, ("h2", "Where the outputs differ"))
     return items
 
 
 def _render_markdown(sections) -> str:
     parts = []
     for kind, content in sections:
-        if kind == "h1":
-            parts.append(f"# {content}")
-        elif kind == "h2":
-            parts.append(f"## {content}")
+        if kind in ("h1", "h2", "h3"):
+            parts.append("#" * int(kind[1]) + " " + content)
         elif kind == "p":
             parts.append(content)
+        elif kind == "list":
+            parts.append("\n".join(f"- {line}" for line in content))
         elif kind == "table":
-            parts.append(_table_md(*content))
+            headers, rows = content
+            parts.append(tabulate([[_md_cell(c) for c in row] for row in rows], headers=headers, tablefmt="github",
+                                  disable_numparse=True))
+        elif kind == "pre":
+            parts.append("```\n" + content + "\n```")
         elif kind == "img":
             parts.append(f"![{content}]({content})")
     return "\n\n".join(parts) + "\n"
 
 
+def _md_cell(cell) -> str:
+    return str(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def _inline_html(text: str) -> str:
+    """Escapes text and turns the Markdown `code` and **bold** the report uses into HTML."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", text)
+
+
 def _render_html(sections, out_dir: Path) -> str:
     parts = []
     for kind, content in sections:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             parts.append(f"<{kind}>{html.escape(content)}</{kind}>")
         elif kind == "p":
-            parts.append(f"<p>{html.escape(content)}</p>")
+            parts.append(f"<p>{_inline_html(content)}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(line)}</li>" for line in content) + "</ul>")
         elif kind == "table":
-            parts.append(_table_html(*content))
+            headers, rows = content
+            parts.append(tabulate(rows, headers=headers, tablefmt="html", disable_numparse=True))
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(content)}</pre>")
         elif kind == "img":
             data = base64.b64encode((out_dir / content).read_bytes()).decode("ascii")
             parts.append(f'<img alt="{html.escape(content)}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #aaa;padding:2px 8px;text-align:right}"
-             "img{max-width:100%}")
+    style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #aaa;padding:2px 8px}"
+             "img{max-width:100%}pre{background:#f4f4f4;padding:.5em}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Evaluation report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
 def format_headline(headline: dict) -> str:
-    """A plain-text table of the headline numbers (what the demo prints)."""
-    lines = [f"{'method':<24} {'seeds':>5} {'BLEU':>14} {'sacreBLEU':>14} {'chrF':>14} {'rare F1':>14} {'p(BLEU)':>8}"]
-    for m in headline["methods"]:
-        p_value = m["significance"]["sacrebleu"]["p_value"] if m["significance"] else None
-        lines.append(f"{m['label']:<24} {len(m['seeds']):>5} {_fmt(m['bleu']):>14} {_fmt(m['sacrebleu']):>14} "
-                     f"{_fmt(m['chrf']):>14} {_fmt(m['rare_f1'], 3):>14} "
-                     f"{'-' if p_value is None else f'{p_value:.4f}':>8}")
-    return "\n".join(lines)
+    """Plain-text tables of the headline numbers, one per test set, and the verdict lines."""
+    blocks = []
+    for s in headline.get("subsets") or [headline["subset"]]:
+        rows = []
+        for m in headline["methods"]:
+            numbers = m["by_subset"][s] if "by_subset" in m else m
+            sig = numbers.get("significance")
+            delta = (numbers.get("delta") or {}).get("sacrebleu")
+            rows.append([m["label"], len(m["seeds"]), _fmt(numbers["bleu"]), _fmt(numbers["sacrebleu"]),
+                         _fmt_delta(delta), _p_cell(sig, "sacrebleu") if sig and "sacrebleu" in sig else DASH,
+                         _fmt(numbers["chrf"]), sig["verdict"] if sig and "verdict" in sig else DASH])
+        blocks.append(f"{s}:\n" + tabulate(rows, headers=["method", "seeds", "BLEU (tok.)", "sacreBLEU", "Δ sacreBLEU",
+                                                           "p (sacreBLEU)", "chrF", "verdict"],
+                                           tablefmt="simple", disable_numparse=True))
+    verdicts = [_verdict_line(m) for m in headline["methods"] if m.get("verdict")]
+    if verdicts:
+        blocks.append("verdict (two-sided paired bootstrap over all seeds, p < 0.05):\n" +
+                      "\n".join(f"  {line}" for line in verdicts))
+    if headline.get("failed"):
+        blocks.append("failed runs (not in the numbers): " + ", ".join(headline["failed"]))
+    return "\n\n".join(blocks)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="report.py",
-        description="Compare evaluated runs (RUN_DIR/run.json, train.log, eval/<subset>/...): "
-                    "score table, paired bootstrap vs LS, long-tail table, plots.")
+        description="Compare evaluated runs (RUN_DIR/run.json, train.log, eval/<subset>/...): scores per test "
+                    "set, significance of each method against LS over all seeds, verdicts, per-seed table, "
+                    "long-tail tables, plots. Run directories holding a FAILED file are listed as failed.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, help="report directory (REPORT.md, REPORT.html, PNGs)")
-    parser.add_argument("--subset", default="test", help="evaluated subset to report (default: %(default)s)")
-    parser.add_argument("--baseline", help="label of the baseline group (default: the group with method 'ls')")
+    parser.add_argument("--subset", action="append", dest="subsets", metavar="NAME",
+                        help="evaluated subset to report; repeat for several (default: test)")
+    parser.add_argument("--baseline", help="label of the baseline group (default: the group(s) with method 'ls')")
+    parser.add_argument("--failed", action="append", default=[], metavar="NAME=REASON",
+                        help="a run that did not finish, listed in the report")
     parser.add_argument("--rare-below", type=int, default=DEFAULT_RARE_BELOW,
                         help="rare F1 covers training frequencies 1..N-1 (default: %(default)s)")
-    parser.add_argument("--bootstrap-samples", type=int, default=1000, help="paired bootstrap resamples")
+    parser.add_argument("--bootstrap-samples", type=int, default=significance.DEFAULT_SAMPLES,
+                        help="bootstrap resamples and randomization trials (default: %(default)s)")
+    parser.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES,
+                        help="sentences shown per method where it differs most from LS (default: %(default)s)")
     args = parser.parse_args(argv)
-    headline = build_report(args.run_dirs, args.out, args.subset, args.baseline, args.rare_below,
-                            args.bootstrap_samples)
+    if args.bootstrap_samples < 1:
+        raise EvaluationError(f"--bootstrap-samples must be positive, got {args.bootstrap_samples}")
+    failed = {}
+    for item in args.failed:
+        name, sep, reason = item.partition("=")
+        if not sep or not name:
+            raise EvaluationError(f"--failed expects NAME=REASON, got {item!r}")
+        failed[name] = reason
+    headline = build_report(args.run_dirs, args.out, args.subsets or ["test"], args.baseline, args.rare_below,
+                            args.bootstrap_samples, failed, args.examples)
     print(format_headline(headline))
     print(f"report: {headline['files']['markdown']} and {headline['files']['html']}")
 

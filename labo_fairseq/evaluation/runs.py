@@ -4,11 +4,13 @@
       run.json      {"method": "ls" | "labo" | "tsla" | ..., "label": "LABO τ=1.25", "seed": 1, ...}
                     method: what kind of training (the report's baseline is method "ls");
                     label: the name shown in tables and plots (runs with the same label are
-                    seeds of one configuration; default: method); seed: an integer; any other
-                    keys (hyper-parameters, paths) are kept but not interpreted.
+                    seeds of one configuration; default: method); seed: an integer. Read when
+                    present: "config", "label_smoothing", "tau" ("1.25" or "inf"), "stop_update",
+                    "checkpoint" (which checkpoint was evaluated, in words), "train_command"
+                    (τ and α are taken from it when the keys are absent). Other keys are kept.
       train.log     fairseq-train output (--log-format simple or json)
       eval/<subset>/
-        generate.out, hyp.txt, ref.txt, src.txt, hyp.detok.txt, ref.detok.txt, scores.json
+        generate.out, hyp.txt, ref.txt, src.txt, hyp.detok.txt, ref.detok.txt, [ref.raw.txt], scores.json
                     (scripts/evaluate.sh DATA_BIN CHECKPOINT RUN_DIR/eval/<subset> --subset <subset>)
         longtail.json
                     (scripts/longtail.py ... --hyp .../hyp.txt --ref .../ref.txt --json .../longtail.json)
@@ -16,11 +18,11 @@
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.longtail import load_longtail
-from labo_fairseq.evaluation.training_log import read_valid_log
+from labo_fairseq.evaluation.training_log import read_train_log, read_valid_log
 
 RUN_FILE = "run.json"
 TRAIN_LOG = "train.log"
@@ -34,24 +36,70 @@ def eval_dir(run_dir, subset: str = "test") -> Path:
 
 
 @dataclass
+class SubsetEval:
+    """One evaluated subset of a run."""
+    subset: str
+    directory: Path
+    scores: dict                 # scores.json
+    longtail: dict               # longtail.json
+
+    @property
+    def reference_file(self) -> Path:
+        """What sacreBLEU scored against: ref.raw.txt, or ref.detok.txt without a raw reference."""
+        return self.directory / self.scores.get("reference", {}).get("file", "ref.detok.txt")
+
+    @property
+    def lowercase(self) -> bool:
+        return bool(self.scores.get("reference", {}).get("lowercase", False))
+
+
+@dataclass
 class Run:
     path: Path
     method: str
     label: str
     seed: Optional[int]
     info: dict                   # all of run.json
-    subset: str
-    scores: dict                 # scores.json
-    longtail: dict               # longtail.json
+    evals: Dict[str, SubsetEval]
     valid: List[dict] = field(default_factory=list)   # validation entries of train.log
+    train: List[dict] = field(default_factory=list)   # train_inner entries of train.log
+
+    # The first subset's results, for callers that look at one test set.
+    @property
+    def subset(self) -> str:
+        return next(iter(self.evals))
+
+    @property
+    def scores(self) -> dict:
+        return self.evals[self.subset].scores
+
+    @property
+    def longtail(self) -> dict:
+        return self.evals[self.subset].longtail
 
     @property
     def eval_dir(self) -> Path:
-        return eval_dir(self.path, self.subset)
+        return self.evals[self.subset].directory
 
     @property
     def name(self) -> str:
         return self.label if self.seed is None else f"{self.label} (seed {self.seed})"
+
+    @property
+    def config(self) -> str:
+        return str(self.info.get("config") or self.label)
+
+    def hyperparameter(self, key: str) -> Optional[str]:
+        """run.json's "tau" / "label_smoothing", else the value of --labo-tau / --label-smoothing in
+        its train_command; None when neither has it."""
+        if self.info.get(key) is not None:
+            return str(self.info[key])
+        flag = {"tau": "--labo-tau", "label_smoothing": "--label-smoothing"}[key]
+        command = self.info.get("train_command") or []
+        for i, arg in enumerate(command[:-1]):
+            if arg == flag:
+                return str(command[i + 1])
+        return None
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -66,9 +114,12 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_run(run_dir, subset: str = "test") -> Run:
-    """Reads one run directory; names the first missing or malformed file in an EvaluationError."""
+def load_run(run_dir, subsets: Union[str, Sequence[str]] = "test") -> Run:
+    """Reads one run directory and its evaluations of `subsets`; names the first missing or
+    malformed file in an EvaluationError."""
     run_dir = Path(run_dir)
+    if isinstance(subsets, str):
+        subsets = [subsets]
     if not run_dir.is_dir():
         raise EvaluationError(f"run directory {run_dir} does not exist")
     info = _read_json(run_dir / RUN_FILE, RUN_FILE)
@@ -77,18 +128,23 @@ def load_run(run_dir, subset: str = "test") -> Run:
     seed = info.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise EvaluationError(f"{run_dir / RUN_FILE}: \"seed\" must be an integer, got {seed!r}")
-    directory = eval_dir(run_dir, subset)
-    for name in REQUIRED_EVAL_FILES:
-        if not (directory / name).is_file():
-            raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file {directory / name}")
-    scores = _read_json(directory / "scores.json", "scores.json")
-    for key in ("bleu", "sacrebleu", "chrf"):
-        if not isinstance(scores.get(key), dict) or "score" not in scores[key]:
-            raise EvaluationError(f"{directory / 'scores.json'} has no {key}.score")
+    evals = {}
+    for subset in subsets:
+        directory = eval_dir(run_dir, subset)
+        for name in REQUIRED_EVAL_FILES:
+            if not (directory / name).is_file():
+                raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file {directory / name}")
+        scores = _read_json(directory / "scores.json", "scores.json")
+        for key in ("bleu", "sacrebleu", "chrf"):
+            if not isinstance(scores.get(key), dict) or "score" not in scores[key]:
+                raise EvaluationError(f"{directory / 'scores.json'} has no {key}.score")
+        evals[subset] = SubsetEval(subset, directory, scores, load_longtail(directory / "longtail.json"))
+        if not evals[subset].reference_file.is_file():
+            raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file "
+                                  f"{evals[subset].reference_file}")
     if not (run_dir / TRAIN_LOG).is_file():
         raise EvaluationError(f"run directory {run_dir} has no training log {run_dir / TRAIN_LOG}")
     return Run(
         path=run_dir, method=info["method"], label=str(info.get("label") or info["method"]), seed=seed,
-        info=info, subset=subset, scores=scores, longtail=load_longtail(directory / "longtail.json"),
-        valid=read_valid_log(run_dir / TRAIN_LOG),
+        info=info, evals=evals, valid=read_valid_log(run_dir / TRAIN_LOG), train=read_train_log(run_dir / TRAIN_LOG),
     )

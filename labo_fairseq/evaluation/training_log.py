@@ -57,3 +57,45 @@ def read_valid_log(path, subset: str = "valid") -> List[dict]:
     if not path.is_file():
         raise EvaluationError(f"training log {path} does not exist")
     return parse_valid_lines(path.read_text(encoding="utf-8", errors="replace"), subset)
+
+
+_INNER_SIMPLE = re.compile(r"\| train_inner \| epoch \d+:\s+\d+ / \d+ (?P<stats>.*)$")
+_INNER_JSON = re.compile(r"\| train_inner \| (?P<stats>\{.*\})\s*$")
+
+
+def parse_train_lines(text: str) -> List[dict]:
+    """Training statistics logged every --log-interval updates (`train_inner` lines, simple or
+    json format): [{"num_updates": int, "loss", "nll_loss", "ppl", "q_entropy", ...}] in log order."""
+    entries = []
+    for line in text.splitlines():
+        stats = {}
+        simple = _INNER_SIMPLE.search(line)
+        if simple:
+            for field in simple.group("stats").split(", "):
+                key, _, value = field.strip().partition("=")
+                stats[key] = value
+        else:
+            as_json = _INNER_JSON.search(line)
+            if not as_json:
+                continue
+            try:
+                stats = json.loads(as_json.group("stats"))
+            except json.JSONDecodeError:
+                continue
+        entry = {}
+        for key, value in stats.items():
+            try:
+                entry[key] = float(value)
+            except (TypeError, ValueError):
+                pass
+        if "num_updates" in entry:
+            entry["num_updates"] = int(entry["num_updates"])
+            entries.append(entry)
+    return entries
+
+
+def read_train_log(path) -> List[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"training log {path} does not exist")
+    return parse_train_lines(path.read_text(encoding="utf-8", errors="replace"))

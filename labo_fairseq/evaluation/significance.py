@@ -1,0 +1,153 @@
+"""Significance of a difference between two systems that were each trained with several seeds.
+
+The quantity compared is what the report shows: the corpus score of each seed's output, averaged
+over the seeds, system minus baseline (Δ). Seeds and test sentences are both sources of variance;
+testing one seed pair ignores the first, a t-test over a handful of seeds has almost no power
+and ignores the second. Both tests here keep every seed's output and resample *sentences*,
+the same sentence ids for every seed of both systems, so each resample recomputes Δ exactly as
+the report does:
+
+- paired bootstrap (Koehn 2004): resample sentence ids with replacement; the null distribution
+  is the bootstrap distribution of Δ shifted to zero; p = (1 + #{|Δ* − Δ| ≥ |Δ|}) / (B + 1),
+  two-sided. Also gives a 95% percentile interval of Δ and each system's bootstrap mean.
+- approximate randomization (Riezler & Maxwell 2005), when both systems have as many seeds:
+  seeds are paired in order and, per sentence, the two systems' outputs are swapped with
+  probability 1/2; p = (1 + #{|Δ'| ≥ |Δ|}) / (R + 1), two-sided.
+
+Identical outputs (the same set of per-seed output files) are reported as such, with p = 1:
+there is nothing to test. Corpus scores are sacreBLEU's, computed from its sufficient statistics
+(as sacrebleu.significance does), so a resample's score is exactly the metric's corpus score.
+"""
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from labo_fairseq.evaluation.errors import EvaluationError
+
+ALPHA = 0.05
+DEFAULT_SAMPLES = 1000
+DEFAULT_SEED = 12345
+METRICS = ("sacrebleu", "chrf")   # both higher-is-better
+
+
+def _metric(name: str, lowercase: bool):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if name == "sacrebleu":
+        return BLEU(lowercase=lowercase)
+    if name == "chrf":
+        return CHRF(lowercase=lowercase)
+    raise ValueError(f"unknown metric {name!r}; expected one of {METRICS}")
+
+
+def _scores(metric, sums: np.ndarray) -> np.ndarray:
+    """Corpus score of each row of summed sufficient statistics."""
+    return np.array([metric._compute_score_from_stats(row.tolist()).score for row in sums])
+
+
+def identical_outputs(system: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]]) -> bool:
+    """True when both systems produced the same collection of per-seed outputs."""
+    return sorted(map(tuple, system)) == sorted(map(tuple, baseline))
+
+
+def compare(system: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]], references: Sequence[str],
+            metric: str = "sacrebleu", lowercase: bool = False, n_samples: int = DEFAULT_SAMPLES,
+            seed: int = DEFAULT_SEED) -> dict:
+    """Two-sided tests of Δ = mean over seeds of system scores − the same for the baseline.
+
+    `system`, `baseline`: one list of detokenized hypotheses per seed, each aligned with
+    `references`. Returns {"metric", "score", "baseline_score", "delta", "identical",
+    "bootstrap": {"p_value", "ci": [lo, hi] (95% of Δ), "mean", "baseline_mean", "samples"},
+    "ar": {"p_value", "trials"} | None}.
+    """
+    if not system or not baseline:
+        raise EvaluationError("significance test needs at least one output per system")
+    n = len(references)
+    for outputs in (*system, *baseline):
+        if len(outputs) != n:
+            raise EvaluationError(f"significance test: an output has {len(outputs)} lines for {n} references")
+    scorer = _metric(metric, lowercase)
+    refs = [list(references)]
+    stats_sys = [np.asarray(scorer._extract_corpus_statistics(list(h), refs), dtype=np.float64) for h in system]
+    stats_base = [np.asarray(scorer._extract_corpus_statistics(list(h), refs), dtype=np.float64) for h in baseline]
+    score = float(np.mean([_scores(scorer, s.sum(0, keepdims=True))[0] for s in stats_sys]))
+    baseline_score = float(np.mean([_scores(scorer, s.sum(0, keepdims=True))[0] for s in stats_base]))
+    delta = score - baseline_score
+    result = {"metric": metric, "score": score, "baseline_score": baseline_score, "delta": delta,
+              "identical": identical_outputs(system, baseline), "bootstrap": None, "ar": None}
+    if result["identical"]:
+        result["bootstrap"] = {"p_value": 1.0, "ci": [0.0, 0.0], "mean": score, "baseline_mean": baseline_score,
+                               "samples": 0}
+        result["ar"] = {"p_value": 1.0, "trials": 0} if len(system) == len(baseline) else None
+        return result
+
+    rng = np.random.default_rng(seed)
+    # How often each sentence is drawn in each resample; one matrix product per seed gives the
+    # summed statistics of every resample.
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_samples).astype(np.float64)
+    boot_sys = np.mean([_scores(scorer, counts @ s) for s in stats_sys], axis=0)
+    boot_base = np.mean([_scores(scorer, counts @ s) for s in stats_base], axis=0)
+    diffs = boot_sys - boot_base
+    p_boot = (1 + np.sum(np.abs(diffs - delta) >= abs(delta) - 1e-12)) / (n_samples + 1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    result["bootstrap"] = {"p_value": float(min(p_boot, 1.0)), "ci": [float(lo), float(hi)],
+                           "mean": float(boot_sys.mean()), "baseline_mean": float(boot_base.mean()),
+                           "samples": n_samples}
+
+    if len(system) == len(baseline):
+        swaps = rng.integers(0, 2, size=(n_samples, n)).astype(np.float64)
+        ar_sys, ar_base = [], []
+        for a, b in zip(stats_sys, stats_base):
+            moved = swaps @ (b - a)   # what swapping the chosen sentences adds to the system's sums
+            ar_sys.append(_scores(scorer, a.sum(0) + moved))
+            ar_base.append(_scores(scorer, b.sum(0) - moved))
+        ar_diffs = np.mean(ar_sys, axis=0) - np.mean(ar_base, axis=0)
+        p_ar = (1 + np.sum(np.abs(ar_diffs) >= abs(delta) - 1e-12)) / (n_samples + 1)
+        result["ar"] = {"p_value": float(min(p_ar, 1.0)), "trials": n_samples}
+    return result
+
+
+def verdict(result: dict, alpha: float = ALPHA) -> str:
+    """'identical', 'better', 'worse' or 'no significant difference' (by the bootstrap p-value)."""
+    if result["identical"]:
+        return "identical"
+    if result["bootstrap"]["p_value"] < alpha:
+        return "better" if result["delta"] > 0 else "worse"
+    return "no significant difference"
+
+
+def summarize_verdicts(verdicts: Sequence[str], alpha: float = ALPHA) -> dict:
+    """Counts over test sets and the one-line wording, e.g. 'worse on 4 of 4 test sets'."""
+    m = len(verdicts)
+    counts = {key: sum(v == key for v in verdicts)
+              for key in ("better", "worse", "no significant difference", "identical")}
+    parts = [f"{key} on {count} of {m} test set{'s' if m != 1 else ''}" for key, count in counts.items() if count]
+    if counts["better"] == m:
+        word = "better"
+    elif counts["worse"] == m:
+        word = "worse"
+    elif counts["identical"] == m:
+        word = "identical"
+    elif counts["better"] and not counts["worse"]:
+        word = "better on some test sets"
+    elif counts["worse"] and not counts["better"]:
+        word = "worse on some test sets"
+    elif counts["better"] and counts["worse"]:
+        word = "mixed"
+    else:
+        word = "no significant difference"
+    return {"better": counts["better"], "worse": counts["worse"],
+            "no_difference": counts["no significant difference"], "identical": counts["identical"],
+            "of": m, "word": word, "text": f"{', '.join(parts)} (p < {alpha:g}, two-sided)"}
+
+
+def describe(n_samples: int, metric_names: Optional[List[str]] = None) -> str:
+    """The one-paragraph statement of what was tested, for the report."""
+    return (f"Δ = mean over seeds of each seed's corpus score, method minus baseline. Tests: paired "
+            f"bootstrap resampling of test sentences ({n_samples} resamples, the same sentence ids for every "
+            f"seed of both systems, so seed and sentence variance both enter), two-sided, "
+            f"p = (1 + #{{|Δ* − Δ| ≥ |Δ|}}) / ({n_samples} + 1); approximate randomization (seeds paired in "
+            f"order, outputs swapped per sentence) as a second two-sided test when both have as many seeds. "
+            f"Verdicts use the bootstrap at p < {ALPHA:g}. Identical outputs are reported as 'identical' "
+            f"(p = 1). Why pooled: one seed pair ignores seed variance; a t-test over 2–3 seeds ignores "
+            f"sentence variance and has almost no power.")
