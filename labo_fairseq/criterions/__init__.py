@@ -1,1 +1,3 @@
-from labo_fairseq.criterions import label_smoothed_labo  # noqa: F401  (registers the criterion)
+from labo_fairseq.criterions import label_smoothed_labo  # registers the criterion
+
+label_smoothed_labo.report_flag_errors()

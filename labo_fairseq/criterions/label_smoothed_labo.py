@@ -9,6 +9,8 @@ whose smoothing distribution is LABO's instance-specific optimum instead of the 
 The math lives in `labo_fairseq.functional`; this module only adapts it to fairseq's models.
 """
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,7 +22,7 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from omegaconf import II
 
-from labo_fairseq.functional import IMPLS, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
+from labo_fairseq.functional import IMPLS, TAU_MIN, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
 
 
 @dataclass
@@ -64,27 +66,48 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
+class LaboFlagError(ValueError):
+    """An invalid criterion flag; fairseq-train reports it as one line (see `report_flag_errors`)."""
+
+
+def report_flag_errors() -> None:
+    """Makes an uncaught LaboFlagError print one line instead of fairseq-train's traceback;
+    every other exception goes to the previous hook unchanged."""
+    previous = sys.excepthook
+
+    def hook(kind, error, tb):
+        if issubclass(kind, LaboFlagError):
+            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {error}", file=sys.stderr)
+            return
+        previous(kind, error, tb)
+
+    if getattr(previous, "_labo_flag_hook", False):
+        return
+    hook._labo_flag_hook = True
+    sys.excepthook = hook
+
+
 def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size,
                  labo_impl="auto"):
     """Fails at start-up, naming the flag, rather than at the first batch."""
     if str(labo_impl) not in IMPLS:
-        raise ValueError(f"--labo-impl must be one of {', '.join(IMPLS)}, got {labo_impl}")
+        raise LaboFlagError(f"--labo-impl must be one of {', '.join(IMPLS)}, got {labo_impl}")
     if str(labo_impl) == "triton":
         # the device the model will use is not known here: CUDA must at least exist
         try:
             resolve_impl("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         except ValueError as exc:
-            raise ValueError(f"--labo-impl triton: {exc}") from None
+            raise LaboFlagError(f"--labo-impl triton: {exc}") from None
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
-    if math.isnan(labo_tau) or labo_tau <= 0:
-        raise ValueError(f"--labo-tau must be > 0 (or inf), got {labo_tau}")
+        raise LaboFlagError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+    if not labo_tau >= TAU_MIN:  # NaN fails this too
+        raise LaboFlagError(f"--labo-tau must be >= {TAU_MIN:g} (or inf), got {labo_tau}")
     if labo_chunk_size is not None and labo_chunk_size < 1:
-        raise ValueError(f"--labo-chunk-size must be >= 1, got {labo_chunk_size}")
+        raise LaboFlagError(f"--labo-chunk-size must be >= 1, got {labo_chunk_size}")
     if smoothing_stop_update < 0:
-        raise ValueError(f"--smoothing-stop-update must be >= 0, got {smoothing_stop_update}")
+        raise LaboFlagError(f"--smoothing-stop-update must be >= 0, got {smoothing_stop_update}")
     if ignore_prefix_size < 0:
-        raise ValueError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
+        raise LaboFlagError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
 
 
 def _trainer_num_updates() -> int:

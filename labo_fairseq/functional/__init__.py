@@ -43,16 +43,20 @@ Public API::
   (Triton for CUDA tensors when triton imports, torch otherwise). Both follow the same
   contract, accumulate in float32 (float64 for float64 inputs) and return gradients in
   the inputs' dtypes.
+* ``tau`` must be >= TAU_MIN (1e-4) or inf: below it q is a one-hot within float32
+  precision anyway, and 1/tau would overflow.
 * Bad arguments raise ValueError naming the argument.
 
 ``labo_cross_entropy_reference`` (dense, autograd through log_softmax) is the test oracle.
 """
+from ._validate import TAU_MIN
 from .api import IMPLS, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
 from .params import LaboStats
 from .reference import labo_cross_entropy_reference
 
 __all__ = [
     "IMPLS",
+    "TAU_MIN",
     "LaboStats",
     "resolve_impl",
     "labo_cross_entropy",

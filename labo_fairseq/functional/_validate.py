@@ -7,6 +7,9 @@ from typing import Optional, Tuple
 import torch
 
 REDUCTIONS = ("sum", "mean", "none")
+# Below this, 1/tau overflows float32 long before q differs from a one-hot on the largest
+# non-gold logit; such tau would only produce NaN.
+TAU_MIN = 1e-4
 
 
 def check_scalars(alpha, tau, reduction, chunk_size) -> Tuple[float, float]:
@@ -24,9 +27,9 @@ def check_scalars(alpha, tau, reduction, chunk_size) -> Tuple[float, float]:
     try:
         tau_f = float(tau)
     except (TypeError, ValueError):
-        raise ValueError(f"tau must be a number > 0 (inf allowed), got {tau!r}") from None
-    if not (tau_f > 0.0):  # rejects NaN, 0 and negatives
-        raise ValueError(f"tau must be > 0 (inf allowed), got {tau!r}")
+        raise ValueError(f"tau must be a number >= {TAU_MIN:g} (inf allowed), got {tau!r}") from None
+    if not (tau_f >= TAU_MIN):  # rejects NaN, 0, negatives and tiny values
+        raise ValueError(f"tau must be >= {TAU_MIN:g} (inf allowed), got {tau!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if chunk_size is not None:

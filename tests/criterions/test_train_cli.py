@@ -96,3 +96,15 @@ def test_two_process_gloo_data_parallel_matches_single_process(toy_data_bin, tmp
     for update in single:
         for key in ("loss", "nll_loss", "q_entropy", "gnorm", "wpb"):
             assert float(distributed[update][key]) == pytest.approx(float(single[update][key]), abs=1.01e-3), (update, key)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--labo-tau", "1e-40", "--labo-tau must be >= 0.0001 (or inf), got 1e-40"),
+    ("--label-smoothing", "1.0", "--label-smoothing must be in [0, 1), got 1.0"),
+])
+def test_invalid_flag_is_one_line_through_fairseq_train(toy_data_bin, tmp_path, flag, value, message):
+    with pytest.raises(AssertionError) as failed:
+        train(toy_data_bin, tmp_path / "ckpt", [*LABO, flag, value], max_update=1)
+    stderr = str(failed.value).split("--- stderr ---", 1)[1]
+    errors = [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert errors == [f"fairseq-train: error: {message}"]

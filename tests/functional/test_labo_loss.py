@@ -323,6 +323,7 @@ def _bad_calls():
         ("tau", lambda: ce(z, y, 0.1, 0.0)),
         ("tau", lambda: ce(z, y, 0.1, -2.0)),
         ("tau", lambda: ce(z, y, 0.1, float("nan"))),
+        ("tau must be >= 0.0001", lambda: ce(z, y, 0.1, 1e-40)),  # 1/tau would overflow float32
         ("chunk_size", lambda: ce(z, y, 0.1, 1.0, chunk_size=0)),
         ("vocabulary", lambda: ce(torch.randn(4, 1), torch.zeros(4, dtype=torch.long), 0.1, 1.0)),
         ("target shape", lambda: ce(z, y[:3], 0.1, 1.0)),
