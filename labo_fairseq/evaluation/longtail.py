@@ -22,6 +22,10 @@ bucket_type=freq,freq_corpus_file=TRAIN`), with the same defaults and counting:
 
 Levels: `token` counts the units as given (subwords when the files hold subwords, as the model
 sees them); `word` first joins subwords (BPE `@@ ` or sentencepiece U+2581) in all three inputs.
+Both sides must be at the same level, or nearly every word lands in the wrong bucket (a whole
+hypothesis word is "unseen" among training subwords). So the markers are looked for: `auto`
+(the default) counts words when either side has subwords, and `token` is refused when only one
+side has them.
 """
 import argparse
 import json
@@ -31,10 +35,13 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from labo_fairseq.evaluation.errors import EvaluationError, read_lines, read_parallel, run_main
-from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, remove_subwords
+from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, SENTENCEPIECE_SPACE, remove_subwords
 
 DEFAULT_BUCKETS = (1, 2, 3, 4, 5, 10, 100, 1000)   # compare_mt.bucketers.FreqWordBucketer's default
 LEVELS = ("token", "word")
+LEVEL_CHOICES = ("auto",) + LEVELS
+SUBWORD_MARKERS = {"bpe": "@@ ", "spm": SENTENCEPIECE_SPACE}
+DETECT_LINES = 10000
 BUCKET_KEYS = ("lo", "hi", "types", "ref_count", "hyp_count", "ratio", "precision", "recall", "f1")
 
 
@@ -116,18 +123,59 @@ def analyse(train_counts: Dict[str, int], hypotheses: Sequence[str], references:
     return buckets
 
 
-def analyse_files(train_ref, hyp, ref, lower_edges: Sequence[int] = DEFAULT_BUCKETS, level: str = "token",
-                  subwords: str = "bpe") -> dict:
-    """longtail.json's content for text files; `subwords` (bpe | spm) says how `word` level joins units."""
-    if level not in LEVELS:
-        raise EvaluationError(f"level must be one of {LEVELS}, got {level!r}")
+def detect_subwords(lines: Sequence[str], limit: int = DETECT_LINES) -> Optional[str]:
+    """"bpe" or "spm" when the first `limit` lines carry that segmentation's markers, else None."""
+    for line in lines[:limit]:
+        if "@@ " in line or line.endswith("@@"):
+            return "bpe"
+        if SENTENCEPIECE_SPACE in line:
+            return "spm"
+    return None
+
+
+def choose_level(level: str, train_kind: Optional[str], hyp_kind: Optional[str], train_ref, hyp) -> Tuple[str, Optional[str]]:
+    """(level to use, a message when it was chosen automatically); refuses a token-level count
+    of subwords against words."""
+    if level == "auto":
+        if train_kind or hyp_kind:
+            return "word", (f"{train_kind or hyp_kind} subword markers in "
+                            f"{'the training text' if train_kind else 'the hypotheses'}: counting words "
+                            f"(pass --level token to count subword units on subworded files)")
+        return "token", None
+    if level == "token" and bool(train_kind) != bool(hyp_kind):
+        marked, plain = ("--train-ref", train_ref) if train_kind else ("--hyp", hyp), \
+            ("--hyp", hyp) if train_kind else ("--train-ref", train_ref)
+        raise EvaluationError(f"{marked[0]} {marked[1]} has {train_kind or hyp_kind} subword markers but {plain[0]} "
+                              f"{plain[1]} has none: token-level buckets would be wrong; pass --level word "
+                              f"(or --level auto)")
+    return level, None
+
+
+def analyse_files(train_ref, hyp, ref, lower_edges: Sequence[int] = DEFAULT_BUCKETS, level: str = "auto",
+                  subwords: Optional[str] = None) -> dict:
+    """longtail.json's content for text files. `level` auto | token | word (see the module doc);
+    `subwords` (bpe | spm) says how `word` level joins units, by default what the files show."""
+    if level not in LEVEL_CHOICES:
+        raise EvaluationError(f"level must be one of {LEVEL_CHOICES}, got {level!r}")
     train_lines = read_lines(train_ref, "training target text")
     hypotheses, references = read_parallel(hyp, ref)
+    train_kind = detect_subwords(train_lines)
+    hyp_kind = detect_subwords(hypotheses) or detect_subwords(references)
+    level, note = choose_level(level, train_kind, hyp_kind, train_ref, hyp)
+    detected = train_kind or hyp_kind
+    if subwords is None:
+        subwords = detected or "bpe"
+    elif detected and subwords != detected:
+        raise EvaluationError(f"--subwords {subwords} does not match the {detected} markers in "
+                              f"{train_ref if train_kind else hyp}")
     if level == "word":
         mode = POST_PROCESS_FOR_SUBWORDS[subwords]
         train_lines, hypotheses, references = (
             [remove_subwords(line, mode) for line in lines] for lines in (train_lines, hypotheses, references))
-    return {"level": level, "buckets": analyse(count_types(train_lines), hypotheses, references, lower_edges)}
+    result = {"level": level, "buckets": analyse(count_types(train_lines), hypotheses, references, lower_edges)}
+    if note:
+        result["note"] = note
+    return result
 
 
 def bucket_label(bucket: dict) -> str:
@@ -157,13 +205,18 @@ def load_longtail(path) -> dict:
 
 
 def format_table(result: dict) -> str:
-    rows = [f"{'bucket':>12} {'types':>7} {'ref':>8} {'hyp':>8} {'hyp/ref':>8} {'prec':>6} {'rec':>6} {'F1':>6}"]
+    """The buckets as a text table; "–" where a bucket has nothing to score."""
+    from tabulate import tabulate
+
+    rows = []
     for bucket in result["buckets"]:
-        ratio = "-" if bucket["ratio"] is None else f"{bucket['ratio']:.3f}"
-        rows.append(f"{bucket_label(bucket):>12} {bucket['types']:>7} {bucket['ref_count']:>8} "
-                    f"{bucket['hyp_count']:>8} {ratio:>8} {bucket['precision']:>6.3f} "
-                    f"{bucket['recall']:>6.3f} {bucket['f1']:>6.3f}")
-    return "\n".join(rows)
+        empty = bucket["ref_count"] == 0 and bucket["hyp_count"] == 0
+        ratio = "–" if bucket["ratio"] is None else f"{bucket['ratio']:.3f}"
+        scores = ["–"] * 3 if empty else [f"{bucket[k]:.3f}" for k in ("precision", "recall", "f1")]
+        rows.append([bucket_label(bucket), bucket["types"], bucket["ref_count"], bucket["hyp_count"], ratio, *scores])
+    level = result.get("level", "token")
+    return f"{level} level\n" + tabulate(rows, headers=["bucket", "types", f"ref {level}s", f"hyp {level}s", "hyp/ref",
+                                                         "prec", "rec", "F1"], disable_numparse=True)
 
 
 def main(argv=None):
@@ -177,17 +230,22 @@ def main(argv=None):
     parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
                         help="lower edges of training-frequency buckets; a bucket for unseen types "
                              "is always added (default: compare-mt's %(default)s)")
-    parser.add_argument("--level", choices=LEVELS, default="token",
-                        help="token: units as given; word: join subwords first (default: %(default)s)")
-    parser.add_argument("--subwords", choices=("bpe", "spm"), default="bpe",
-                        help="segmentation undone by --level word (default: %(default)s)")
+    parser.add_argument("--level", choices=LEVEL_CHOICES, default="auto",
+                        help="token: units as given; word: join subwords first; auto: word when the "
+                             "training text or the hypotheses carry subword markers (default: %(default)s)")
+    parser.add_argument("--subwords", choices=("bpe", "spm"),
+                        help="segmentation undone by --level word (default: detected from the markers, else bpe)")
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--png", help="also plot F1 and hyp/ref ratio per bucket")
     args = parser.parse_args(argv)
     result = analyse_files(args.train_ref, args.hyp, args.ref, parse_buckets(args.buckets), args.level, args.subwords)
+    if result.get("note"):
+        print(f"longtail.py: {result['note']}", file=sys.stderr)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    part = out.with_name(out.name + ".part")   # never a half-written longtail.json
+    part.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    part.replace(out)
     if args.png:
         from labo_fairseq.evaluation.plots import plot_longtail
 

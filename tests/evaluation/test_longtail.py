@@ -123,7 +123,7 @@ def test_cli_writes_json_and_png(tmp_path):
                     "--buckets", "1,2,5", "--json", out_json, "--png", out_png])
     assert "unseen" in proc.stdout
     result = json.loads(out_json.read_text())
-    assert set(result) == {"level", "buckets"} and result["level"] == "token"
+    assert set(result) == {"level", "buckets"} and result["level"] == "token"   # auto: no markers anywhere
     assert [tuple(b) for b in result["buckets"]] == [BUCKET_KEYS] * 4
     assert [(b["lo"], b["hi"]) for b in result["buckets"]] == [(0, 1), (1, 2), (2, 5), (5, None)]
     assert out_png.read_bytes()[:8] == PNG_MAGIC
@@ -140,3 +140,37 @@ def test_cli_line_count_mismatch_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"longtail.py: error: line counts differ: hypothesis file {hyp} has 2 lines, reference file {ref} has 1")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_bpe_training_text_with_plain_hypotheses_is_refused_at_token_level_and_auto_counts_words(tmp_path):
+    # evaluate.sh's hyp.txt/ref.txt are subword-free; the training text is BPE'd
+    train = write(tmp_path / "train.bpe", ["the lo@@ w@@ er house", "the lo@@ w house", "a house"])
+    hyp = write(tmp_path / "hyp", ["the lower house"])
+    ref = write(tmp_path / "ref", ["the low house"])
+    with pytest.raises(EvaluationError, match=r"--train-ref .*train\.bpe has bpe subword markers but --hyp .* has none"
+                                              r".*pass --level word"):
+        analyse_files(train, hyp, ref, level="token")
+    auto = analyse_files(train, hyp, ref, level="auto")
+    assert auto["level"] == "word" and "bpe subword markers" in auto["note"]
+    assert auto["buckets"] == analyse_files(train, hyp, ref, level="word")["buckets"]
+    # with words on both sides nothing is unseen: lower (1), low (1), the (2), house (3)
+    by_lo = {b["lo"]: b for b in auto["buckets"]}
+    assert (by_lo[0]["ref_count"], by_lo[0]["hyp_count"]) == (0, 0)
+    assert (by_lo[1]["ref_count"], by_lo[1]["hyp_count"]) == (1, 1)
+    with pytest.raises(EvaluationError, match="--subwords spm does not match the bpe markers"):
+        analyse_files(train, hyp, ref, level="word", subwords="spm")
+
+
+def test_cli_default_level_is_auto_and_says_so(tmp_path):
+    train = write(tmp_path / "train.bpe", ["lo@@ w new", "new"])
+    hyp, ref = write(tmp_path / "hyp", ["low new"]), write(tmp_path / "ref", ["low"])
+    proc = run_cli([sys.executable, LONGTAIL, "--train-ref", train, "--hyp", hyp, "--ref", ref,
+                    "--json", tmp_path / "lt.json", "--png", tmp_path / "lt.png"])
+    assert "counting words" in proc.stderr and proc.stdout.startswith("word level")
+    assert json.loads((tmp_path / "lt.json").read_text())["level"] == "word"
+    from labo_fairseq.evaluation.plots import figure_info
+    assert all("word" in panel["title"] for panel in figure_info(tmp_path / "lt.png"))
+    refused = run_cli([sys.executable, LONGTAIL, "--train-ref", train, "--hyp", hyp, "--ref", ref, "--level", "token",
+                       "--json", tmp_path / "token.json"], check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "pass --level word" in refused.stderr
+    assert not (tmp_path / "token.json").exists()
