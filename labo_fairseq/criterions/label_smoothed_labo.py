@@ -110,6 +110,10 @@ def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_upda
         raise LaboFlagError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
 
 
+# set in the decoder's `extra` dict when the criterion asked the model for features
+FEATURES_KEY = "labo_features_only"
+
+
 def _trainer_num_updates() -> int:
     """Updates done so far. Criteria are not told the update number, but fairseq's trainer logs
     it into the always-present "default" metrics aggregator (also after --restore-file)."""
@@ -212,7 +216,15 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         2) the sample size, which is used as the denominator for the gradient
         3) logging outputs to display while training
         """
-        loss, nll_loss, stats = self.compute_loss(model, sample, reduce=reduce)
+        path = self._path(model)
+        if path == "fused":
+            net_output = model(**sample["net_input"], features_only=True)
+            net_output[1][FEATURES_KEY] = True  # compute_loss gets features, not logits
+        else:
+            net_output = model(**sample["net_input"])
+        # nothing reads the logits after the loss here, so their storage may take their gradient
+        loss, nll_loss, stats = self.compute_loss_and_stats(model, net_output, sample, reduce,
+                                                            inplace_grad=path == "logits")
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": loss.data,
@@ -228,21 +240,30 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
             logging_output["total"] = utils.item(stats.n_tokens.data)
         return loss, sample_size, logging_output
 
-    def compute_loss(self, model, sample, reduce=True):
-        """(loss, nll_loss, LaboStats); `reduce=False` gives per-token losses (0 at padding)."""
+    def _path(self, model) -> str:
         path = loss_path(model)
-        if path == "fused" and not self.fused:
-            path = "logits"
-        if path == "fused":
-            decoder_out = model(**sample["net_input"], features_only=True)
-            inputs = decoder_out[0]  # features: [batch, tgt_len, embed_dim]
+        return "logits" if path == "fused" and not self.fused else path
+
+    def _inputs_and_target(self, model, net_output, sample):
+        """What the op takes: (features | logits | log-probabilities, target, path)."""
+        if isinstance(net_output[1], dict) and net_output[1].get(FEATURES_KEY):
+            path, inputs = "fused", net_output[0]  # features: [batch, tgt_len, embed_dim]
+        elif loss_path(model) == "lprobs":
+            path, inputs = "lprobs", model.get_normalized_probs(net_output, log_probs=True)
         else:
-            decoder_out = model(**sample["net_input"])
-            inputs = decoder_out[0] if path == "logits" else model.get_normalized_probs(decoder_out, log_probs=True)
-        target = model.get_targets(sample, decoder_out)
+            path, inputs = "logits", net_output[0]
+        target = model.get_targets(sample, net_output)
         if self.ignore_prefix_size > 0:
             inputs = inputs[:, self.ignore_prefix_size :, :]
             target = target[:, self.ignore_prefix_size :]
+        return inputs, target, path
+
+    def compute_loss_and_stats(self, model, net_output, sample, reduce=True, inplace_grad=False):
+        """(loss, nll_loss, LaboStats); `reduce=False` gives per-token losses (0 at padding).
+
+        `inplace_grad` lets the op overwrite logits with their gradient (only when nothing
+        reads them afterwards; never log-probabilities, which log_softmax's backward needs)."""
+        inputs, target, path = self._inputs_and_target(model, net_output, sample)
         options = dict(
             ignore_index=self.padding_idx,
             reduction="sum" if reduce else "none",
@@ -256,9 +277,23 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
             return labo_linear_cross_entropy(
                 inputs, projection.weight, target, alpha, self.tau, bias=projection.bias, **options
             )
-        # nothing reads the logits after the loss, so their storage may take their gradient;
-        # log-probabilities may not be overwritten (log_softmax's backward needs them)
-        return labo_cross_entropy(inputs, target, alpha, self.tau, inplace_grad=path == "logits", **options)
+        return labo_cross_entropy(inputs, target, alpha, self.tau, inplace_grad=inplace_grad and path == "logits",
+                                  **options)
+
+    def compute_loss(self, model, net_output, sample, reduce=True):
+        """(loss, nll_loss) for net_output = model(**sample["net_input"]), as in fairseq's
+        label_smoothed_cross_entropy, so that code written against it can use this criterion."""
+        loss, nll_loss, _ = self.compute_loss_and_stats(model, net_output, sample, reduce)
+        return loss, nll_loss
+
+    def compute_accuracy(self, model, net_output, sample):
+        """(n_correct, total) over non-padding target tokens, as in fairseq's criterion."""
+        inputs, target, path = self._inputs_and_target(model, net_output, sample)
+        if path == "fused":
+            inputs = _unwrap(model).decoder.output_layer(inputs)
+        mask = target.ne(self.padding_idx)
+        n_correct = inputs.argmax(-1).eq(target).masked_select(mask).sum()
+        return n_correct, mask.sum()
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

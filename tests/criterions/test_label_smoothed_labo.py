@@ -131,8 +131,9 @@ def test_alpha_zero_is_cross_entropy(toy_data_bin):
 def test_reduce_false_sums_to_reduce_true(labo):
     task, model, criterion = labo
     sample = batches(task, n=1)[0]
-    total, nll_total, _ = criterion.compute_loss(model, sample, reduce=True)
-    per_token, nll_per_token, _ = criterion.compute_loss(model, sample, reduce=False)
+    net_output = model(**sample["net_input"])
+    total, nll_total = criterion.compute_loss(model, net_output, sample, reduce=True)
+    per_token, nll_per_token = criterion.compute_loss(model, net_output, sample, reduce=False)
     assert per_token.shape == sample["target"].shape
     pad = sample["target"].eq(task.target_dictionary.pad())
     assert pad.any() and per_token[pad].eq(0).all()
@@ -155,8 +156,9 @@ def test_ignore_prefix_size_drops_the_first_target_tokens(toy_data_bin):
     task, model, criterion = build(toy_data_bin, "--criterion", "label_smoothed_labo", "--ignore-prefix-size", "2")
     _, _, full = build(toy_data_bin, "--criterion", "label_smoothed_labo")
     sample = batches(task, n=1)[0]
-    per_token_full, _, _ = full.compute_loss(model, sample, reduce=False)
-    loss, _, _ = criterion.compute_loss(model, sample, reduce=True)
+    net_output = model(**sample["net_input"])
+    per_token_full, _ = full.compute_loss(model, net_output, sample, reduce=False)
+    loss, _ = criterion.compute_loss(model, net_output, sample, reduce=True)
     torch.testing.assert_close(loss, per_token_full[:, 2:].sum(), rtol=1e-10, atol=1e-10)
 
 
@@ -232,3 +234,31 @@ def test_adaptive_softmax_is_refused_with_a_clear_error(toy_data_bin):
                                    "--adaptive-softmax-cutoff", "20,40", arch_args=arch)
     with pytest.raises(ValueError, match="does not support adaptive softmax"):
         criterion(model, batches(task, n=1)[0])
+
+
+def test_compute_loss_has_fairseqs_signature_for_subclasses(labo):
+    """Code written against label_smoothed_cross_entropy (e.g. fairseq's *_with_alignment
+    criterion) calls compute_loss(model, net_output, sample, reduce) and compute_accuracy on the
+    model's own output, and reads the logits afterwards: both work and agree with forward."""
+    task, model, criterion = labo
+
+    class WithExtraTerm(type(criterion)):
+        def forward(self, model, sample, reduce=True):
+            net_output = model(**sample["net_input"])
+            loss, nll_loss = self.compute_loss(model, net_output, sample, reduce=reduce)
+            n_correct, total = self.compute_accuracy(model, net_output, sample)
+            return loss, nll_loss, n_correct, total, net_output[0]
+
+    sub = WithExtraTerm(task, sentence_avg=False, label_smoothing=0.1, labo_tau=1.25)
+    sample = batches(task, n=1)[0]
+    loss, nll_loss, n_correct, total, logits = sub(model, sample)
+    fused_loss, _, log = criterion(model, sample)
+    torch.testing.assert_close(loss, fused_loss, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(nll_loss, log["nll_loss"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logits, model(**sample["net_input"])[0])  # not overwritten
+    pad = sample["target"].eq(task.target_dictionary.pad())
+    assert total.item() == (~pad).sum().item()
+    assert n_correct.item() == (logits.argmax(-1).eq(sample["target"]) & ~pad).sum().item()
+    features = model(**sample["net_input"], features_only=True)
+    features[1]["labo_features_only"] = True
+    assert [t.item() for t in criterion.compute_accuracy(model, features, sample)] == [n_correct.item(), total.item()]
