@@ -1,74 +1,100 @@
-"""Runs an LS-vs-LABO comparison from a recipe: prepare data, train each method x seed,
-optionally average the last checkpoints, evaluate each test split, analyse the long tail and
-write the comparison report.
+"""Runs a comparison of label-smoothing methods from a recipe: prepare data, train each method x
+seed (several at once with --jobs), pick the checkpoint to evaluate, evaluate each test split,
+analyse the long tail and write the comparison report.
 
-A recipe is a small TOML file (see recipes/)::
+A recipe is a small TOML file (see recipes/); every key is checked before anything runs::
 
-    name = "multi30k-cpu"
-    seeds = [1]
+    name = "multi30k-gpu"
+    seeds = [1, 2, 3]
 
     [data]
-    prepare = ["bash", "data-prep/prepare-multi30k.sh", "--raw-dir", "{DATA_DIR}"]  # optional
-    data_bin = "data/data-bin/multi30k.de-en"       # skipped preparing when this exists
+    prepare = ["bash", "{REPO}/data-prep/prepare-multi30k.sh", "--raw-dir", "{DATA_DIR}"]  # optional
+    data_bin = "data/data-bin/multi30k.de-en"       # preparing is skipped when this exists
     train_target = "data/multi30k.de-en/train.en"    # long-tail frequencies (subworded text)
-    subsets = ["test"]
+    subsets = ["test"]           # or "all": every test split of data_bin (test, test1, ...)
 
     [train]
     args = ["--arch", "transformer", "--max-update", "1000", ...]   # fairseq-train flags
-    average_last = 0             # >0: average the last N epoch checkpoints before evaluating
 
     [evaluate]
-    beam = 5, lenpen = 1.0, batch_size = 128, cpu = true, longtail_level = "word"
+    checkpoint = "average"       # "last" (default), "average" (of the last `average_last` epoch
+    average_last = 5             # checkpoints) or "best" (checkpoint_best.pt by nll_loss, which
+                                 # LS and LABO measure alike; adds --best-checkpoint-metric nll_loss)
+    beam = 5, lenpen = 1.0, batch_size = 128, cpu = false, longtail_level = "word"
 
     [[methods]]
     kind = "ls"                  # fairseq's label_smoothed_cross_entropy
     label_smoothing = 0.1
     [[methods]]
-    kind = "labo"                # label_smoothed_labo; a list of tau gives one method per tau
-    tau = [1.15, 1.25]
+    kind = "labo"                # label_smoothed_labo; lists of tau and label_smoothing give
+    tau = [1.15, 1.25]           # one method per (label_smoothing, tau) pair: a grid
+    label_smoothing = [0.1, 0.2]
     [[methods]]
     kind = "tsla"                # smoothing only for the first `stop_update` updates
     stop_update = 3000
     tau = 1.25                   # LABO's tau, or "inf" for two-stage *uniform* smoothing
 
+Methods may also carry `label` (the name in tables) and `args` (extra fairseq-train flags).
 Strings may use {DATA_DIR} (the --data-dir option or $DATA_DIR) and {REPO} (this checkout).
 Relative paths are taken from the working directory.
 
-Each run gets OUT/<run-name>/ in the layout of `labo_fairseq.evaluation.runs` (run.json,
-train.log, checkpoints/, eval/<subset>/...), plus command.sh with the exact command lines.
-A run whose evaluation is complete is skipped on re-run; an interrupted training resumes from
-its checkpoint_last.pt (fairseq's own --restore-file); a run whose recorded training command
-differs from the recipe's is refused rather than silently mixed. A failed run is reported and
-the others still run and are reported.
+Each run gets OUT/<method>-seed<N>/ in the layout of `labo_fairseq.evaluation.runs` (run.json,
+train.log, checkpoints/, eval/<subset>/...), plus command.sh with the exact command line.
+A run whose evaluation with the recipe's [evaluate] settings is complete is skipped on re-run
+(other settings re-evaluate it); an interrupted training resumes from its checkpoint_last.pt
+(fairseq's own --restore-file); a run whose recorded training command differs from the
+recipe's is refused, naming the flags that differ. A failed run is reported and the others
+still run and are reported. Ctrl-C or SIGTERM stops every child and leaves resumable runs;
+children also die if this process is killed. One pipeline at a time may use an output
+directory.
 """
+
 import argparse
+import concurrent.futures
+import fcntl
 import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from labo_fairseq.procs import child_command
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_BIN = Path(sys.executable).parent
 TRAIN_DONE = "train.done"
 METHOD_KINDS = ("ls", "labo", "tsla")
+CHECKPOINT_POLICIES = ("last", "average", "best")
+BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
+
+RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods"}
+DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets"}
+TRAIN_KEYS = {"args", "average_last"}
+EVALUATE_KEYS = {"beam", "lenpen", "batch_size", "cpu", "longtail_level", "checkpoint", "average_last"}
+METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args"}
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be run; the message names the file and the offending entry."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: children are stopped, runs stay resumable."""
+
+
 @dataclass
 class Method:
     kind: str
-    name: str    # file-system safe, e.g. "labo-tau1.25"
-    label: str   # shown in tables, e.g. "LABO τ=1.25"
+    name: str    # file-system safe, e.g. "labo-a0.1-tau1.25"
+    label: str   # shown in tables, e.g. "LABO α=0.1 τ=1.25"
     criterion_args: List[str]
     params: Dict[str, object] = field(default_factory=dict)
 
@@ -82,56 +108,105 @@ class Recipe:
     prepare: Optional[List[str]]  # as written: {DATA_DIR} is only needed when data must be prepared
     data_bin: Path
     train_target: Path
-    subsets: List[str]
+    subsets: List[str]           # ["all"] until resolved against the data-bin
     train_args: List[str]
+    checkpoint: str              # one of CHECKPOINT_POLICIES
     average_last: int
     evaluate: Dict[str, object]
     methods: List[Method]
 
 
-def _fmt_tau(tau: float) -> str:
-    return "inf" if math.isinf(tau) else f"{tau:g}"
+def _fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:g}"
 
 
 def _labo_args(alpha: float, tau: float, extra=()) -> List[str]:
     return ["--user-dir", str(REPO / "labo_fairseq"), "--criterion", "label_smoothed_labo",
-            "--label-smoothing", f"{alpha:g}", "--labo-tau", _fmt_tau(tau), *extra]
+            "--label-smoothing", _fmt(alpha), "--labo-tau", _fmt(tau), *extra]
+
+
+def _number_list(entry: dict, key: str, default, where: str, check, rule: str) -> List[float]:
+    """entry[key] as a list of floats (a single value or a list), each passing `check`."""
+    raw = entry.get(key, default)
+    values = raw if isinstance(raw, list) else [raw]
+    out = []
+    for value in values:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{where}.{key} must be {rule}, got {value!r}") from None
+        if not check(number):
+            raise RecipeError(f"{where}.{key} must be {rule}, got {value!r}")
+        out.append(number)
+    if not out:
+        raise RecipeError(f"{where}.{key} is an empty list")
+    return out
+
+
+def _string_list(value, where: str) -> List[str]:
+    if not isinstance(value, list) or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
+                                               for a in value):
+        raise RecipeError(f"{where} must be a list of strings (one command-line word each), got {value!r}")
+    return [str(a) for a in value]
+
+
+def _check_keys(table, allowed, where: str) -> None:
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where} must be a table, got {table!r}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RecipeError(f"{where} has unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(allowed))})")
 
 
 def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
-    """Recipe [[methods]] entries -> Methods (a list of tau expands into one method per tau)."""
+    """Recipe [[methods]] entries -> Methods; lists of label_smoothing and tau expand to a grid."""
+    if not isinstance(entries, list):
+        raise RecipeError(f"{where}: methods must be [[methods]] tables")
     methods = []
     for i, entry in enumerate(entries):
+        here = f"{where}: methods[{i}]"
+        _check_keys(entry, METHOD_KEYS, here)
         kind = entry.get("kind")
         if kind not in METHOD_KINDS:
-            raise RecipeError(f"{where}: methods[{i}].kind must be one of {', '.join(METHOD_KINDS)}, got {kind!r}")
-        alpha = float(entry.get("label_smoothing", 0.1))
-        extra = [str(a) for a in entry.get("args", [])]
+            raise RecipeError(f"{here}.kind must be one of {', '.join(METHOD_KINDS)}, got {kind!r}")
+        alphas = _number_list(entry, "label_smoothing", 0.1, here, lambda a: 0.0 <= a < 1.0, "a number in [0, 1)")
+        extra = _string_list(entry.get("args", []), f"{here}.args")
+        label = entry.get("label")
+        if label is not None and not isinstance(label, str):
+            raise RecipeError(f"{here}.label must be a string, got {label!r}")
         if kind == "ls":
-            methods.append(Method("ls", "ls", entry.get("label", "LS"),
-                                  ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", f"{alpha:g}",
-                                   *extra], {"label_smoothing": alpha}))
+            for alpha in alphas:
+                methods.append(Method("ls", f"ls-a{_fmt(alpha)}", label or f"LS α={_fmt(alpha)}",
+                                      ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _fmt(alpha),
+                                       *extra], {"label_smoothing": alpha}))
             continue
-        taus = entry.get("tau", 1.25)
-        for tau in taus if isinstance(taus, list) else [taus]:
-            tau = float(tau)
-            if kind == "labo":
-                methods.append(Method("labo", f"labo-tau{_fmt_tau(tau)}", entry.get("label", f"LABO τ={_fmt_tau(tau)}"),
-                                      _labo_args(alpha, tau, extra), {"label_smoothing": alpha, "tau": _fmt_tau(tau)}))
-            else:
-                stop = entry.get("stop_update")
-                if not isinstance(stop, int) or stop < 1:
-                    raise RecipeError(f"{where}: methods[{i}] (tsla) needs stop_update, a positive integer; got {stop!r}")
-                smoothing = "LS" if math.isinf(tau) else f"LABO τ={_fmt_tau(tau)}"
-                methods.append(Method(
-                    "tsla", f"tsla-tau{_fmt_tau(tau)}-stop{stop}",
-                    entry.get("label", f"TSLA ({smoothing}, stop {stop})"),
-                    _labo_args(alpha, tau, ["--smoothing-stop-update", str(stop), *extra]),
-                    {"label_smoothing": alpha, "tau": _fmt_tau(tau), "stop_update": stop}))
+        taus = _number_list(entry, "tau", 1.25, here, lambda t: t > 0.0, 'a number > 0 or "inf"')
+        stop = entry.get("stop_update")
+        if kind == "tsla" and (not isinstance(stop, int) or isinstance(stop, bool) or stop < 1):
+            raise RecipeError(f"{here} (tsla) needs stop_update, a positive integer; got {stop!r}")
+        for alpha in alphas:
+            for tau in taus:
+                params = {"label_smoothing": alpha, "tau": _fmt(tau)}
+                if kind == "labo":
+                    methods.append(Method("labo", f"labo-a{_fmt(alpha)}-tau{_fmt(tau)}",
+                                          label or f"LABO α={_fmt(alpha)} τ={_fmt(tau)}",
+                                          _labo_args(alpha, tau, extra), params))
+                    continue
+                smoothing = f"LS α={_fmt(alpha)}" if math.isinf(tau) else f"LABO α={_fmt(alpha)} τ={_fmt(tau)}"
+                methods.append(Method("tsla", f"tsla-a{_fmt(alpha)}-tau{_fmt(tau)}-stop{stop}",
+                                      label or f"TSLA ({smoothing}, stop {stop})",
+                                      _labo_args(alpha, tau, ["--smoothing-stop-update", str(stop), *extra]),
+                                      {**params, "stop_update": stop}))
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RecipeError(f"{where}: methods repeat {', '.join(duplicates)}; give them distinct settings")
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise RecipeError(f"{where}: methods share a label ({', '.join(sorted({x for x in labels if labels.count(x) > 1}))});"
+                          f" a label names one configuration")
     if not methods:
         raise RecipeError(f"{where}: no [[methods]]")
     return methods
@@ -145,39 +220,99 @@ def _substitute(value: str, variables: Dict[str, str], where: str) -> str:
                           f"(known: {', '.join(sorted(variables))})") from None
 
 
+def _int_setting(table: dict, key: str, default: int, where: str, minimum: int) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise RecipeError(f"{where} {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _evaluate_settings(evaluate: dict, train: dict, path: Path):
+    """([evaluate] settings with defaults, checkpoint policy, average_last), all checked."""
+    where = f"{path}: [evaluate]"
+    # average_last may stand in [train] (older recipes) or [evaluate]
+    average_last = _int_setting(evaluate if "average_last" in evaluate else train, "average_last", 0, where, 0)
+    checkpoint = evaluate.get("checkpoint", "average" if average_last > 0 else "last")
+    if checkpoint not in CHECKPOINT_POLICIES:
+        raise RecipeError(f"{where} checkpoint must be one of {', '.join(CHECKPOINT_POLICIES)}, got {checkpoint!r}")
+    if checkpoint == "average" and average_last < 2:
+        raise RecipeError(f"{where} checkpoint = \"average\" needs average_last >= 2, got {average_last}")
+    settings = {"beam": _int_setting(evaluate, "beam", 5, where, 1),
+                "batch_size": _int_setting(evaluate, "batch_size", 128, where, 1)}
+    lenpen = evaluate.get("lenpen", 1.0)
+    if isinstance(lenpen, bool) or not isinstance(lenpen, (int, float)):
+        raise RecipeError(f"{where} lenpen must be a number, got {lenpen!r}")
+    cpu = evaluate.get("cpu", False)
+    if not isinstance(cpu, bool):
+        raise RecipeError(f"{where} cpu must be true or false, got {cpu!r}")
+    level = evaluate.get("longtail_level", "word")
+    if level not in ("word", "token"):
+        raise RecipeError(f"{where} longtail_level must be \"word\" or \"token\", got {level!r}")
+    settings.update(lenpen=float(lenpen), cpu=cpu, longtail_level=level)
+    return settings, checkpoint, average_last
+
+
 def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"recipe {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RecipeError(f"recipe {path} is not valid TOML: {e}") from None
+    _check_keys(raw, RECIPE_KEYS, str(path))
     variables = {"REPO": str(REPO)}
     data_dir = data_dir or os.environ.get("DATA_DIR")
     if data_dir:
         variables["DATA_DIR"] = data_dir
-    data = raw.get("data", {})
+    data, train, evaluate = raw.get("data", {}), raw.get("train", {}), raw.get("evaluate", {})
+    _check_keys(data, DATA_KEYS, f"{path}: [data]")
+    _check_keys(train, TRAIN_KEYS, f"{path}: [train]")
+    _check_keys(evaluate, EVALUATE_KEYS, f"{path}: [evaluate]")
     for key in ("data_bin", "train_target"):
-        if key not in data:
-            raise RecipeError(f"{path}: [data] needs {key}")
+        if not isinstance(data.get(key), str):
+            raise RecipeError(f"{path}: [data] needs {key}, a path")
     sub = lambda v: _substitute(str(v), variables, str(path))  # noqa: E731
     seeds = raw.get("seeds", [1])
-    if not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise RecipeError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
-    train = raw.get("train", {})
-    average_last = int(train.get("average_last", 0))
-    if average_last < 0:
-        raise RecipeError(f"{path}: [train] average_last must be >= 0, got {average_last}")
-    evaluate = {"beam": 5, "lenpen": 1.0, "batch_size": 128, "cpu": False, "longtail_level": "word"}
-    evaluate.update(raw.get("evaluate", {}))
+    subsets = data.get("subsets", ["test"])
+    if subsets == "all":
+        subsets = ["all"]
+    if not isinstance(subsets, list) or not subsets or not all(isinstance(x, str) and x for x in subsets):
+        raise RecipeError(f"{path}: [data] subsets must be \"all\" or a non-empty list of split names, got {subsets!r}")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise RecipeError(f"{path}: name must be a non-empty string, got {name!r}")
     prepare = data.get("prepare")
-    return Recipe(path=path, name=raw.get("name", path.stem), seeds=seeds, variables=variables,
-                  prepare=None if prepare is None else [str(a) for a in prepare],
+    if prepare is not None:
+        prepare = _string_list(prepare, f"{path}: [data] prepare")
+    settings, checkpoint, average_last = _evaluate_settings(evaluate, train, path)
+    train_args = [sub(a) for a in _string_list(train.get("args", []), f"{path}: [train] args")]
+    if checkpoint == "best" and "--best-checkpoint-metric" not in train_args:
+        train_args += BEST_BY_NLL
+    return Recipe(path=path, name=name, seeds=seeds, variables=variables, prepare=prepare,
                   data_bin=Path(sub(data["data_bin"])), train_target=Path(sub(data["train_target"])),
-                  subsets=list(data.get("subsets", ["test"])),
-                  train_args=[sub(a) for a in train.get("args", [])], average_last=average_last,
-                  evaluate=evaluate, methods=expand_methods(raw.get("methods", []), str(path)))
+                  subsets=subsets, train_args=train_args, checkpoint=checkpoint, average_last=average_last,
+                  evaluate=settings, methods=expand_methods(raw.get("methods", []), str(path)))
+
+
+def resolve_subsets(recipe: Recipe) -> List[str]:
+    """The recipe's subsets; "all" is every test split in the data-bin (test, test1, ...)."""
+    if recipe.subsets != ["all"]:
+        return recipe.subsets
+    names = {p.name.split(".", 1)[0] for p in recipe.data_bin.glob("test*.bin")}
+    found = sorted((n for n in names if n == "test" or (n[4:].isdigit() and n.startswith("test"))),
+                   key=lambda n: int(n[4:] or 0))
+    if not found:
+        raise RecipeError(f"{recipe.path}: subsets = \"all\" but {recipe.data_bin} has no test split")
+    return found
+
+
+def checkpoint_description(recipe: Recipe) -> str:
+    return {"last": "checkpoint_last.pt",
+            "best": "checkpoint_best.pt (lowest validation nll_loss)",
+            "average": f"average of the last {recipe.average_last} epoch checkpoints"}[recipe.checkpoint]
 
 
 @dataclass
@@ -197,101 +332,210 @@ def plan_runs(recipe: Recipe, out_dir: Path) -> List[RunPlan]:
             for m in recipe.methods for seed in recipe.seeds]
 
 
+def select_runs(runs: Sequence[RunPlan], only: Optional[Sequence[str]], where: str) -> List[RunPlan]:
+    """The runs named by --only (run or method names); an unknown name is an error."""
+    if not only:
+        return list(runs)
+    known = {r.name for r in runs} | {r.method.name for r in runs}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        methods = sorted({r.method.name for r in runs})
+        raise RecipeError(f"--only {' '.join(unknown)}: no such method or run in {where} "
+                          f"(methods: {', '.join(methods)}; runs are <method>-seed<N>)")
+    return [r for r in runs if r.name in only or r.method.name in only]
+
+
 def train_command(recipe: Recipe, run: RunPlan) -> List[str]:
     return [str(PYTHON_BIN / "fairseq-train"), str(recipe.data_bin), *recipe.train_args,
             *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints)]
+
+
+def _flag_values(command: Sequence[str]) -> Dict[str, List[str]]:
+    """{flag: [values]} of a command line (positional words under "")."""
+    values: Dict[str, List[str]] = {}
+    flag = ""
+    for word in command[1:]:
+        if word.startswith("--"):
+            flag = word
+            values.setdefault(flag, [])
+        else:
+            values.setdefault(flag, []).append(word)
+    return values
+
+
+def describe_command_change(recorded: Sequence[str], new: Sequence[str]) -> str:
+    """'--max-update 4 -> 6; --fp16 added' for two command lines."""
+    old_flags, new_flags = _flag_values(recorded), _flag_values(new)
+    changes = []
+    for flag in list(old_flags) + [f for f in new_flags if f not in old_flags]:
+        name = flag or "positional arguments"
+        if flag not in new_flags:
+            changes.append(f"{name} removed")
+        elif flag not in old_flags:
+            changes.append(f"{name} added" + (f" ({' '.join(new_flags[flag])})" if new_flags[flag] else ""))
+        elif old_flags[flag] != new_flags[flag]:
+            changes.append(f"{name} {' '.join(old_flags[flag]) or '(no value)'} -> {' '.join(new_flags[flag]) or '(no value)'}")
+    return "; ".join(changes) or "the order of the flags"
 
 
 def _say(message: str) -> None:
     print(f"[experiment] {message}", flush=True)
 
 
-def _tool_env() -> Dict[str, str]:
+def _tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Environment for the commands the pipeline runs: this venv's tools first, unbuffered."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
     return env
 
 
-def _eval_complete(run: RunPlan, subsets: Sequence[str]) -> bool:
+def evaluation_settings(recipe: Recipe, subsets: Sequence[str]) -> dict:
+    """What decides a run's evaluation; a change re-evaluates it."""
+    return {**recipe.evaluate, "checkpoint": checkpoint_description(recipe), "subsets": list(subsets)}
+
+
+def _eval_complete(run: RunPlan, subsets: Sequence[str], settings: dict) -> bool:
+    done = run.run_dir / "eval.done"
+    if not done.exists() or json.loads(done.read_text(encoding="utf-8")) != settings:
+        return False
     return all((run.run_dir / "eval" / s / f).exists() for s in subsets for f in ("scores.json", "longtail.json"))
 
 
-def prepare_run_dir(recipe: Recipe, run: RunPlan) -> List[str]:
+def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str]) -> List[str]:
     """Creates or checks the run directory; refuses one made with another command."""
     command = train_command(recipe, run)
     run_json = run.run_dir / "run.json"
     if run_json.exists():
-        recorded = json.loads(run_json.read_text(encoding="utf-8")).get("train_command")
+        recorded = json.loads(run_json.read_text(encoding="utf-8")).get("train_command") or []
         if recorded != command:
             raise RecipeError(
-                f"{run.run_dir} was trained with a different command than recipe {recipe.path} now gives; "
-                f"remove that directory or choose another --out.\n  recorded: {shlex.join(recorded or [])}\n"
-                f"  recipe:   {shlex.join(command)}")
+                f"{run.run_dir} was trained with a different command than recipe {recipe.path} now gives "
+                f"({describe_command_change(recorded, command)}); remove that directory or choose another --out")
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"method": run.method.kind, "label": run.method.label, "seed": run.seed, "recipe": recipe.name,
-            "run": run.name, **run.method.params, "train_command": command}
-    run_json.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    info = {"method": run.method.kind, "label": run.method.label, "config": run.method.name, "seed": run.seed,
+            "recipe": recipe.name, "run": run.name, **run.method.params,
+            "checkpoint": checkpoint_description(recipe), "subsets": list(subsets), "train_command": command}
+    tmp = run_json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(run_json)
     return command
 
 
 def evaluation_checkpoint(recipe: Recipe, run: RunPlan) -> Path:
-    """checkpoint_best.pt, or the average of the last N epoch checkpoints when the recipe asks."""
-    if recipe.average_last <= 0:
+    """The checkpoint the recipe's policy evaluates (averaging the last epochs when asked)."""
+    if recipe.checkpoint == "last":
+        return run.checkpoints / "checkpoint_last.pt"
+    if recipe.checkpoint == "best":
         return run.checkpoints / "checkpoint_best.pt"
     from labo_fairseq.checkpoints import average_checkpoints, last_epoch_checkpoints
 
     averaged = run.checkpoints / f"checkpoint.avg{recipe.average_last}.pt"
     if not averaged.exists():
-        inputs = last_epoch_checkpoints(run.checkpoints, recipe.average_last)
-        _say(f"{run.name}: averaging {', '.join(p.name for p in inputs)}")
-        average_checkpoints(inputs, averaged)
+        average_checkpoints(last_epoch_checkpoints(run.checkpoints, recipe.average_last), averaged)
     return averaged
 
 
-def _run_step(command: Sequence[str], log_path: Path, what: str, append: bool = False) -> None:
-    """Runs `command`, streaming its output to the console and into `log_path`; raises if it fails."""
-    with open(log_path, "a" if append else "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=_tool_env())
-        for line in proc.stdout:
-            log.write(line)
-            sys.stdout.write("    " + line)
-            sys.stdout.flush()
-    if proc.wait() != 0:
-        raise RuntimeError(f"{what} failed; see {log_path}")
+class ChildProcesses:
+    """The running child processes, so that an interrupt can stop every one of them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set = set()
+        self.stopping = threading.Event()
+
+    def run(self, command: Sequence[str], log_path: Path, what: str, stream: bool, append: bool = False,
+            env: Optional[Dict[str, str]] = None) -> None:
+        """Runs `command` into `log_path` (and the console when `stream`); raises if it fails."""
+        if self.stopping.is_set():
+            raise Interrupted()
+        with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+            # its own process group: a terminal's Ctrl-C reaches this process only, which
+            # then stops the children itself; they also die with it (child_command)
+            proc = subprocess.Popen(child_command(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env=_tool_env(env), start_new_session=True)
+            with self._lock:
+                self._procs.add(proc)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if stream:
+                        sys.stdout.write("    " + line)
+                        sys.stdout.flush()
+                code = proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+        if self.stopping.is_set():
+            raise Interrupted()
+        if code != 0:
+            raise RuntimeError(f"{what} failed; see {log_path}")
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        self.stopping.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.time() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
 
 
-def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path) -> None:
+def _signal_group(proc, sig) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequence[str], children: ChildProcesses,
+                 stream: bool, env: Optional[Dict[str, str]]) -> None:
     ev = recipe.evaluate
-    for subset in recipe.subsets:
+    (run.run_dir / "eval.done").unlink(missing_ok=True)
+    for subset in subsets:
         out = run.run_dir / "eval" / subset
         command = ["bash", str(REPO / "scripts" / "evaluate.sh"), str(recipe.data_bin), str(checkpoint), str(out),
                    "--subset", subset, "--beam", str(ev["beam"]), "--lenpen", str(ev["lenpen"]),
                    "--batch-size", str(ev["batch_size"]), *(["--cpu"] if ev["cpu"] else [])]
-        _say(f"{run.name}: evaluating on {subset}")
+        if stream:
+            _say(f"{run.name}: evaluating on {subset}")
         out.mkdir(parents=True, exist_ok=True)
-        _run_step(command, run.run_dir / f"evaluate.{subset}.log", f"evaluation of {run.name} on {subset}")
+        children.run(command, run.run_dir / f"evaluate.{subset}.log", f"evaluation of {run.name} on {subset}",
+                     stream, env=env)
         longtail = [str(PYTHON_BIN / "python"), str(REPO / "scripts" / "longtail.py"),
                     "--train-ref", str(recipe.train_target), "--hyp", str(out / "hyp.txt"), "--ref", str(out / "ref.txt"),
                     "--level", str(ev["longtail_level"]), "--json", str(out / "longtail.json")]
-        _run_step(longtail, run.run_dir / f"longtail.{subset}.log", f"long-tail analysis of {run.name} on {subset}")
+        children.run(longtail, run.run_dir / f"longtail.{subset}.log", f"long-tail analysis of {run.name} on {subset}",
+                     stream, env=env)
+    (run.run_dir / "eval.done").write_text(json.dumps(evaluation_settings(recipe, subsets)) + "\n", encoding="utf-8")
 
 
-def execute_run(recipe: Recipe, run: RunPlan) -> str:
+def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: ChildProcesses,
+                stream: bool = True, env: Optional[Dict[str, str]] = None) -> str:
     """Trains (or resumes) and evaluates one run; returns "done" or "skipped"."""
-    command = prepare_run_dir(recipe, run)
-    if _eval_complete(run, recipe.subsets) and (run.run_dir / TRAIN_DONE).exists():
-        _say(f"{run.name}: already finished, skipping")
+    command = prepare_run_dir(recipe, run, subsets)
+    settings = evaluation_settings(recipe, subsets)
+    trained = (run.run_dir / TRAIN_DONE).exists()
+    if trained and _eval_complete(run, subsets, settings):
+        if stream:
+            _say(f"{run.name}: already finished, skipping")
         return "skipped"
     (run.run_dir / "command.sh").write_text(shlex.join(command) + "\n", encoding="utf-8")
-    if not (run.run_dir / TRAIN_DONE).exists():
+    if not trained:
         resuming = (run.checkpoints / "checkpoint_last.pt").exists()
-        _say(f"{run.name}: {'resuming' if resuming else 'training'} ({run.method.label}, seed {run.seed}); "
-             f"log: {run.run_dir / 'train.log'}")
-        _run_step(command, run.run_dir / "train.log", f"training {run.name}", append=resuming)
+        if stream:
+            _say(f"{run.name}: {'resuming' if resuming else 'training'} ({run.method.label}, seed {run.seed}); "
+                 f"log: {run.run_dir / 'train.log'}")
+        children.run(command, run.run_dir / "train.log", f"training {run.name}", stream, append=resuming, env=env)
         (run.run_dir / TRAIN_DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"), encoding="utf-8")
-    evaluate_run(recipe, run, evaluation_checkpoint(recipe, run))
+    elif (run.run_dir / "eval.done").exists() and stream:
+        _say(f"{run.name}: evaluation settings changed, evaluating again")
+    evaluate_run(recipe, run, evaluation_checkpoint(recipe, run), subsets, children, stream, env)
     return "done"
 
 
@@ -305,55 +549,171 @@ def prepare_data(recipe: Recipe) -> None:
                           f"has no [data] prepare command")
     command = [_substitute(a, recipe.variables, str(recipe.path)) for a in recipe.prepare]
     _say(f"data: preparing with {shlex.join(command)}")
-    if subprocess.run(command, env=_tool_env()).returncode != 0:
+    if subprocess.run(child_command(command), env=_tool_env()).returncode != 0:
         raise RecipeError(f"data preparation failed: {shlex.join(command)}")
 
 
-def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None) -> dict:
-    """Runs everything; returns {"runs": {name: "done"|"skipped"|"failed: ..."}, "report": headline|None}."""
+def gpu_slots(jobs: int) -> List[Optional[str]]:
+    """CUDA_VISIBLE_DEVICES value for each of `jobs` worker slots: round-robin over the visible
+    GPUs when there are several, else None (inherit the environment)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        try:
+            import torch
+            devices = [str(i) for i in range(torch.cuda.device_count())]
+        except ImportError:
+            devices = []
+    if len(devices) < 2:
+        return [None] * jobs
+    return [devices[i % len(devices)] for i in range(jobs)]
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _last_valid_nll(run: RunPlan) -> Optional[float]:
+    from labo_fairseq.evaluation.training_log import read_valid_log
+
+    try:
+        entries = read_valid_log(run.run_dir / "train.log")
+    except (OSError, ValueError):
+        return None
+    values = [e["nll_loss"] for e in entries if isinstance(e.get("nll_loss"), (int, float))]
+    return values[-1] if values else None
+
+
+def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], jobs: int) -> Dict[str, dict]:
+    """Runs `runs`, up to `jobs` at once; returns {run name: {"status", "started", "finished"}}."""
+    children = ChildProcesses()
+    results: Dict[str, dict] = {}
+    slots = gpu_slots(jobs)
+    free = list(range(jobs))
+    lock = threading.Lock()
+    stream = jobs == 1
+    counter = iter(range(1, len(runs) + 1))
+
+    def work(run: RunPlan) -> None:
+        with lock:
+            slot = free.pop(0)
+        env = None if slots[slot] is None else {"CUDA_VISIBLE_DEVICES": slots[slot]}
+        started = time.time()
+        entry = {"started": started}
+        try:
+            if stream:
+                _say(f"run {run.name}")
+            entry["status"] = execute_run(recipe, run, subsets, children, stream, env)
+            (run.run_dir / "FAILED").unlink(missing_ok=True)
+        except Interrupted:
+            entry["status"] = "interrupted"
+        except Exception as error:  # noqa: BLE001  one run's failure must not stop the others
+            entry["status"] = f"failed: {error}" if isinstance(error, (RuntimeError, ValueError, OSError)) \
+                else f"failed: {type(error).__name__}: {error}"
+            if run.run_dir.is_dir():
+                (run.run_dir / "FAILED").write_text(f"{error}\n", encoding="utf-8")
+        finally:
+            entry["finished"] = time.time()
+            with lock:
+                free.append(slot)
+                results[run.name] = entry
+                if entry.get("status") != "interrupted":
+                    state = entry.get("status", "failed")
+                    detail = "done" if state == "done" else state
+                    nll = _last_valid_nll(run) if state in ("done", "skipped") else None
+                    where = "" if slots[slot] is None else f" on GPU {slots[slot]}"
+                    _say(f"[{next(counter)}/{len(runs)}] {run.name} {detail}{where} in "
+                         f"{_duration(entry['finished'] - started)}"
+                         + ("" if nll is None else f", valid nll {nll:.2f}"))
+
+    interrupted = []
+
+    def on_signal(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(work, run) for run in runs]
+        for future in futures:
+            future.result()
+    except (KeyboardInterrupt, Interrupted):
+        interrupted.append(True)
+        _say("interrupted: stopping every child process (runs stay resumable)")
+        children.stop_all()
+        for future in futures:
+            future.cancel()
+    finally:
+        pool.shutdown(wait=True)
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        raise Interrupted()
+    return results
+
+
+class OutputLock:
+    """An exclusive lock on OUT: one pipeline at a time writes an experiment directory."""
+
+    def __init__(self, out_dir: Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / ".experiment.lock"
+        self._file = open(self.path, "w")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RecipeError(f"{out_dir} is in use by another run_experiment.py; wait for it or choose another --out") from None
+
+    def release(self) -> None:
+        self._file.close()
+
+
+def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None, jobs: int = 1) -> dict:
+    """Runs everything; returns {"runs": {name: "done"|"skipped"|"failed: ..."}, "timing": ..., "report": headline|None}."""
     from labo_fairseq.evaluation.errors import EvaluationError
     from labo_fairseq.evaluation.report import build_report
 
     out_dir = Path(out_dir)
-    prepare_data(recipe)
-    runs = [r for r in plan_runs(recipe, out_dir) if not only or r.name in only or r.method.name in only]
-    status = {}
-    for i, run in enumerate(runs, 1):
-        _say(f"run {i}/{len(runs)}: {run.name}")
-        try:
-            status[run.name] = execute_run(recipe, run)
-        except (RuntimeError, ValueError, OSError) as error:  # ValueError: also RecipeError
-            status[run.name] = f"failed: {error}"
-            (run.run_dir / "FAILED").write_text(f"{error}\n", encoding="utf-8")
-            _say(f"{run.name}: FAILED: {error}")
-        else:
-            (run.run_dir / "FAILED").unlink(missing_ok=True)
-    finished = [r.run_dir for r in runs if not status[r.name].startswith("failed")]
-    headline = None
-    if finished:
-        _say(f"report: {len(finished)} run(s) -> {out_dir / 'report'}")
-        try:
-            headline = build_report(finished, out_dir / "report", subset=recipe.subsets[0])
-        except EvaluationError as error:
-            _say(f"report: FAILED: {error}")
-    summary = {"recipe": str(recipe.path), "runs": status, "report": headline}
-    (out_dir / "experiment.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+    runs = select_runs(plan_runs(recipe, out_dir), only, str(recipe.path))
+    lock = OutputLock(out_dir)
+    try:
+        prepare_data(recipe)
+        subsets = resolve_subsets(recipe)
+        _say(f"{len(runs)} run(s), {min(jobs, len(runs))} at a time; test sets: {', '.join(subsets)}; "
+             f"evaluating {checkpoint_description(recipe)}")
+        results = run_all(recipe, runs, subsets, max(1, min(jobs, len(runs))))
+        status = {r.name: results[r.name]["status"] for r in runs}
+        finished = [r.run_dir for r in runs if not status[r.name].startswith("failed")]
+        failed = {name: state[len("failed: "):] for name, state in status.items() if state.startswith("failed")}
+        headline = None
+        if finished:
+            _say(f"report: {len(finished)} run(s) -> {out_dir / 'report'}")
+            try:
+                headline = build_report(finished, out_dir / "report", subsets=subsets, failed=failed)
+            except EvaluationError as error:
+                _say(f"report: FAILED: {error}")
+        summary = {"recipe": str(recipe.path), "runs": status,
+                   "timing": {r.name: {k: results[r.name][k] for k in ("started", "finished")} for r in runs},
+                   "report": headline}
+        tmp = out_dir / "experiment.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(out_dir / "experiment.json")
+        return summary
+    finally:
+        lock.release()
 
 
 def format_summary(summary: dict) -> str:
-    """What the command prints at the end: run status, the headline table, LABO - LS differences."""
+    """What the command prints at the end: run status, then the report's headline tables
+    (one per test set, with the difference to LS and its significance) and verdicts."""
     from labo_fairseq.evaluation.report import format_headline
 
     lines = ["", "runs:"] + [f"  {name:<32} {state}" for name, state in summary["runs"].items()]
     headline = summary["report"]
     if headline:
-        lines += ["", f"headline ({headline['subset']} set):", format_headline(headline)]
-        base = next((m for m in headline["methods"] if m["label"] == headline["baseline"]), None)
-        for m in headline["methods"]:
-            if base is not None and m is not base:
-                diff = m["bleu"]["mean"] - base["bleu"]["mean"]
-                lines.append(f"  {m['label']} - {base['label']}: {diff:+.2f} BLEU (tokenized)")
+        lines += ["", "headline:", format_headline(headline)]
         lines += ["", f"report: {headline['files']['markdown']}", f"        {headline['files']['html']}"]
     return "\n".join(lines)
 
@@ -364,14 +724,24 @@ def main(argv=None) -> int:
     parser.add_argument("recipe", help="recipe file (TOML), e.g. recipes/multi30k-cpu.toml")
     parser.add_argument("--out", help="experiment directory (default: runs/<recipe name>)")
     parser.add_argument("--data-dir", help="value of {DATA_DIR} in the recipe (default: $DATA_DIR)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these methods or runs (e.g. ls labo-tau1.25)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="run only these methods or runs (e.g. ls-a0.1 labo-a0.1-tau1.25-seed2)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train and evaluate up to N runs at once (default 1: one at a time, with their "
+                             "output on the console); several visible GPUs are shared round-robin")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
         recipe = load_recipe(args.recipe, args.data_dir)
-        summary = run_experiment(recipe, Path(args.out or Path("runs") / recipe.name), args.only)
+        summary = run_experiment(recipe, Path(args.out or Path("runs") / recipe.name), args.only, args.jobs)
     except RecipeError as error:
         print(f"run_experiment.py: error: {error}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt):
+        print("run_experiment.py: interrupted; every child process was stopped. Run the same command again "
+              "to resume.", file=sys.stderr)
+        return 130
     print(format_summary(summary))
     failed = [name for name, state in summary["runs"].items() if state.startswith("failed")]
     return 1 if failed or summary["report"] is None else 0

@@ -1,6 +1,7 @@
 """scripts/run_experiment.py on a tiny recipe: training, evaluation, report, resume, failures."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -8,7 +9,8 @@ import time
 import pytest
 from PIL import Image
 
-from labo_fairseq.experiment import RecipeError, expand_methods, load_recipe
+from labo_fairseq.experiment import (RecipeError, checkpoint_description, describe_command_change,
+                                     expand_methods, load_recipe, plan_runs, select_runs)
 from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli
 
 def tiny_train_args(max_update, save_every):
@@ -19,18 +21,19 @@ def tiny_train_args(max_update, save_every):
                        "--log-format", "simple", "--log-interval", "5", "--no-progress-bar"])
 
 
-def write_recipe(path, data_bin, methods, max_update=12, save_every=0, average_last=0):
+def write_recipe(path, data_bin, methods, max_update=12, save_every=0, average_last=0, seeds=(1,),
+                 subsets='["test"]'):
     path.write_text(f"""
 name = "tiny"
-seeds = [1]
+seeds = {list(seeds)}
 [data]
 data_bin = "{data_bin}"
 train_target = "{data_bin.parent / 'text' / 'train.tgt'}"
-subsets = ["test"]
+subsets = {subsets}
 [train]
 args = {tiny_train_args(max_update, save_every)}
-average_last = {average_last}
 [evaluate]
+average_last = {average_last}
 beam = 2
 batch_size = 64
 cpu = true
@@ -49,33 +52,117 @@ tau = 1.25
 """
 
 
-def run_experiment(recipe, out, check=True):
-    return run_cli(["python", REPO_ROOT / "scripts" / "run_experiment.py", recipe, "--out", out], check=check,
-                   timeout=900)
+def run_experiment(recipe, out, check=True, jobs=1):
+    return run_cli(["python", REPO_ROOT / "scripts" / "run_experiment.py", recipe, "--out", out, "--jobs", jobs],
+                   check=check, timeout=900)
+
+
+def start_experiment(recipe, out, jobs=1):
+    """The pipeline in the background (its own session, so that signals reach only it)."""
+    env = dict(os.environ, PATH=f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    return subprocess.Popen([str(BIN_DIR / "python"), str(REPO_ROOT / "scripts" / "run_experiment.py"), str(recipe),
+                             "--out", str(out), "--jobs", str(jobs)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def processes_mentioning(text):
+    """PIDs of live processes whose command line contains `text`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().split(")")[-1].split()[0] == "Z"
+        except OSError:
+            continue
+        if text in cmdline and not zombie:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_for(predicate, timeout, proc=None):
+    deadline = time.time() + timeout
+    while not predicate() and time.time() < deadline and (proc is None or proc.poll() is None):
+        time.sleep(0.2)
+    return predicate()
 
 
 def test_methods_expand_to_fairseq_criterion_flags():
     methods = expand_methods([{"kind": "ls"}, {"kind": "labo", "tau": [1.15, 1.25]},
                               {"kind": "tsla", "tau": "inf", "stop_update": 100}], "recipe")
-    assert [m.name for m in methods] == ["ls", "labo-tau1.15", "labo-tau1.25", "tsla-tauinf-stop100"]
+    assert [m.name for m in methods] == ["ls-a0.1", "labo-a0.1-tau1.15", "labo-a0.1-tau1.25",
+                                         "tsla-a0.1-tauinf-stop100"]
     assert methods[0].criterion_args == ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
     assert methods[2].criterion_args[-6:] == ["--criterion", "label_smoothed_labo", "--label-smoothing", "0.1",
                                               "--labo-tau", "1.25"]
     assert methods[3].criterion_args[-4:] == ["--labo-tau", "inf", "--smoothing-stop-update", "100"]
-    assert methods[3].label == "TSLA (LS, stop 100)"
+    assert methods[3].label == "TSLA (LS α=0.1, stop 100)"
     with pytest.raises(RecipeError, match=r"methods\[0\].kind"):
         expand_methods([{"kind": "uniform"}], "recipe")
     with pytest.raises(RecipeError, match="stop_update"):
         expand_methods([{"kind": "tsla"}], "recipe")
 
 
-def test_recipe_errors_name_the_file(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text("name = \n")
-    with pytest.raises(RecipeError, match="bad.toml"):
-        load_recipe(bad)
-    with pytest.raises(RecipeError, match="does not exist"):
-        load_recipe(tmp_path / "missing.toml")
+def test_lists_of_tau_and_label_smoothing_expand_to_a_grid():
+    methods = expand_methods([{"kind": "labo", "tau": [1.25, "inf"], "label_smoothing": [0.1, 0.3]}], "recipe")
+    assert [m.name for m in methods] == ["labo-a0.1-tau1.25", "labo-a0.1-tauinf", "labo-a0.3-tau1.25",
+                                         "labo-a0.3-tauinf"]
+    assert methods[2].params == {"label_smoothing": 0.3, "tau": "1.25"}
+    assert methods[2].label == "LABO α=0.3 τ=1.25"
+    ls = expand_methods([{"kind": "ls", "label_smoothing": [0.1, 0.2]}], "recipe")
+    assert [m.name for m in ls] == ["ls-a0.1", "ls-a0.2"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[train]\nargs = "--arch transformer"', r"\[train\] args must be a list of strings"),
+    ('[[methods]]\nkind = "labo"\nlabel_smoothing = "abc"', r"methods\[0\]\.label_smoothing must be a number"),
+    ('[[methods]]\nkind = "labo"\ntau = "abc"', r"methods\[0\]\.tau must be a number > 0"),
+    ('[[methods]]\nkind = "labo"\ntau = -1.0', r"methods\[0\]\.tau must be a number > 0"),
+    ('[[methods]]\nkind = "labo"\nlabel_smoothing = 1.0', r"label_smoothing must be a number in \[0, 1\)"),
+    ('[evaluate]\naverage_last = "x"', r"average_last must be an integer >= 0, got 'x'"),
+    ('[evaluate]\nbeam = "abc"', r"beam must be an integer >= 1, got 'abc'"),
+    ('[evaluate]\ncheckpoint = "average"', r"needs average_last >= 2"),
+    ('[evaluate]\ncheckpoint = "first"', r"checkpoint must be one of last, average, best"),
+    ('[evaluate]\nbeem = 5', r"unknown key\(s\) beem"),
+    ('[[methods]]\nkind = "ls"\ntemperature = 2', r"unknown key\(s\) temperature"),
+])
+def test_recipe_is_validated_before_anything_runs(tmp_path, text, message):
+    recipe = tmp_path / "r.toml"
+    body = text if "[[methods]]" in text else text + '\n[[methods]]\nkind = "ls"'
+    recipe.write_text('[data]\ndata_bin = "d"\ntrain_target = "t"\n' + body + "\n")
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(recipe)
+
+
+def test_best_checkpoint_is_chosen_by_nll_loss(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\ndata_bin = "d"\ntrain_target = "t"\n[evaluate]\ncheckpoint = "best"\n'
+                      '[[methods]]\nkind = "ls"\n')
+    loaded = load_recipe(recipe)
+    assert loaded.train_args[-2:] == ["--best-checkpoint-metric", "nll_loss"]
+    assert checkpoint_description(loaded) == "checkpoint_best.pt (lowest validation nll_loss)"
+
+
+def test_changed_command_names_the_flags_that_differ():
+    recorded = ["fairseq-train", "data", "--max-update", "4", "--fp16", "--seed", "1"]
+    new = ["fairseq-train", "data", "--max-update", "6", "--seed", "1", "--bf16"]
+    assert describe_command_change(recorded, new) == "--max-update 4 -> 6; --fp16 removed; --bf16 added"
+
+
+def test_only_names_are_checked(toy_data_bin, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, LS_AND_LABO)
+    out = tmp_path / "exp"
+    proc = run_cli(["python", REPO_ROOT / "scripts" / "run_experiment.py", recipe, "--out", out, "--only", "lbao"],
+                   check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("run_experiment.py: error: --only lbao: no such method")
+    assert "labo-a0.1-tau1.25" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "experiment.json").exists()
+    runs = plan_runs(load_recipe(recipe), out)
+    assert [r.name for r in select_runs(runs, ["ls-a0.1"], "r")] == ["ls-a0.1-seed1"]
 
 
 @pytest.mark.parametrize("recipe_name", ["multi30k-cpu", "iwslt14-de-en", "wmt14-en-de"])
@@ -90,7 +177,7 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
                           average_last=2)  # 16 updates = 2 epochs of 8 batches
     out = tmp_path / "exp"
     proc = run_experiment(recipe, out)
-    for run in ("ls-seed1", "labo-tau1.25-seed1"):
+    for run in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
         run_dir = out / run
         info = json.loads((run_dir / "run.json").read_text())
         assert info["seed"] == 1 and info["train_command"][0].endswith("fairseq-train")
@@ -103,22 +190,31 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
         longtail = json.loads((run_dir / "eval" / "test" / "longtail.json").read_text())
         assert longtail["level"] == "token" and longtail["buckets"]
         assert len((run_dir / "eval" / "test" / "hyp.txt").read_text().splitlines()) == 40
-    assert json.loads((out / "ls-seed1" / "run.json").read_text())["method"] == "ls"
-    assert "label_smoothed_labo" in (out / "labo-tau1.25-seed1" / "command.sh").read_text()
+    assert json.loads((out / "ls-a0.1-seed1" / "run.json").read_text())["method"] == "ls"
+    assert "label_smoothed_labo" in (out / "labo-a0.1-tau1.25-seed1" / "command.sh").read_text()
     report = out / "report"
     text = (report / "REPORT.md").read_text()
-    assert "LS" in text and "LABO τ=1.25" in text
+    assert "LS α=0.1" in text and "LABO α=0.1 τ=1.25" in text
     for png in report.glob("*.png"):
         assert Image.open(png).size[0] > 100
     assert "<img" in (report / "REPORT.html").read_text()
     summary = json.loads((out / "experiment.json").read_text())
-    assert summary["runs"] == {"ls-seed1": "done", "labo-tau1.25-seed1": "done"}
-    assert "headline (test set)" in proc.stdout and "LABO τ=1.25 - LS:" in proc.stdout
+    assert summary["runs"] == {"ls-a0.1-seed1": "done", "labo-a0.1-tau1.25-seed1": "done"}
+    headline = proc.stdout.split("headline:", 1)[1]
+    assert "test:" in headline and "Δ sacreBLEU" in headline and "LABO α=0.1 τ=1.25" in headline
 
     logs = {p: p.stat().st_mtime_ns for p in out.glob("*/train.log")}
     again = run_experiment(recipe, out)
     assert again.stdout.count("already finished, skipping") == 2
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/train.log")} == logs  # nothing retrained
+
+    # other [evaluate] settings re-evaluate the trained runs instead of skipping them
+    recipe.write_text(recipe.read_text().replace("beam = 2", "beam = 1"))
+    changed = run_experiment(recipe, out)
+    assert changed.stdout.count("evaluation settings changed, evaluating again") == 2
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/train.log")} == logs
+    for run in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
+        assert str(json.loads((out / run / "eval" / "test" / "scores.json").read_text())["beam"]) == "1"
 
 
 def test_changed_recipe_is_refused_for_an_existing_run(toy_data_bin, tmp_path):
@@ -127,48 +223,7 @@ def test_changed_recipe_is_refused_for_an_existing_run(toy_data_bin, tmp_path):
     proc = run_experiment(write_recipe(tmp_path / "b.toml", toy_data_bin, "[[methods]]\nkind = \"ls\"\n",
                                        max_update=6), out, check=False)
     assert proc.returncode == 1
-    assert "trained with a different command" in proc.stdout
-
-
-def test_failing_method_is_reported_and_the_others_complete(toy_data_bin, tmp_path):
-    methods = LS_AND_LABO + '\n[[methods]]\nkind = "labo"\ntau = -1.0\n'
-    out = tmp_path / "exp"
-    proc = run_experiment(write_recipe(tmp_path / "r.toml", toy_data_bin, methods, max_update=4), out, check=False)
-    assert proc.returncode == 1
-    summary = json.loads((out / "experiment.json").read_text())
-    assert summary["runs"]["ls-seed1"] == "done" and summary["runs"]["labo-tau1.25-seed1"] == "done"
-    assert summary["runs"]["labo-tau-1-seed1"].startswith("failed: training labo-tau-1-seed1 failed")
-    assert "--labo-tau must be > 0" in (out / "labo-tau-1-seed1" / "train.log").read_text()
-    assert (out / "labo-tau-1-seed1" / "FAILED").exists()
-    assert (out / "report" / "REPORT.md").exists()
-    assert "labo-tau-1-seed1" in proc.stdout and "failed" in proc.stdout
-
-
-def test_interrupted_training_resumes_from_its_last_checkpoint(toy_data_bin, tmp_path):
-    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, "[[methods]]\nkind = \"labo\"\n",
-                          max_update=400, save_every=5)
-    out = tmp_path / "exp"
-    env = dict(os.environ, PATH=f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen([str(BIN_DIR / "python"), str(REPO_ROOT / "scripts" / "run_experiment.py"), str(recipe),
-                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    last = out / "labo-tau1.25-seed1" / "checkpoints" / "checkpoint_last.pt"
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # interrupt the whole pipeline mid-training
-    proc.wait()
-    assert last.exists(), "training never saved a checkpoint"
-    assert not (out / "labo-tau1.25-seed1" / "train.done").exists()
-
-    # Resume with a shorter schedule would change the command; resume the same recipe instead.
-    result = run_experiment(recipe, out)
-    log = (out / "labo-tau1.25-seed1" / "train.log").read_text()
-    assert "resuming" in result.stdout
-    loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
-    assert loaded and "@ 0 updates" not in loaded[-1]
-    assert "num_updates 400" in log
-    assert json.loads((out / "experiment.json").read_text())["runs"] == {"labo-tau1.25-seed1": "done"}
+    assert "trained with a different command" in proc.stdout and "(--max-update 4 -> 6)" in proc.stdout
 
 
 def test_demo_names_the_missing_raw_file(tmp_path):
@@ -177,3 +232,105 @@ def test_demo_names_the_missing_raw_file(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"DATA_DIR={tmp_path} has no train.en.gz" in proc.stderr
+
+
+GRID = """
+[[methods]]
+kind = "ls"
+[[methods]]
+kind = "labo"
+tau = [1.25, 2.0]
+label_smoothing = [0.1, 0.2]
+[[methods]]
+kind = "labo"
+tau = 1.5
+label = "LABO broken"
+args = ["--labo-chunk-size", "0"]
+"""
+
+
+def test_grid_runs_in_parallel_with_averaged_checkpoints_and_a_failing_run(toy_data_bin, tmp_path):
+    # 2 x 2 grid over tau and alpha, LS, and a method whose training fails; 2 seeds; 2 at a time
+    recipe = write_recipe(tmp_path / "grid.toml", toy_data_bin, GRID, max_update=16, average_last=2, seeds=(1, 2))
+    out = tmp_path / "exp"
+    proc = run_experiment(recipe, out, check=False, jobs=2)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    summary = json.loads((out / "experiment.json").read_text())
+    grid = [f"labo-a{a}-tau{t}-seed{s}" for a in ("0.1", "0.2") for t in ("1.25", "2") for s in (1, 2)]
+    assert all(summary["runs"][name] == "done" for name in grid + ["ls-a0.1-seed1", "ls-a0.1-seed2"])
+    broken = [n for n in summary["runs"] if n.startswith("labo-a0.1-tau1.5")]
+    assert broken and all(summary["runs"][n].startswith("failed: training") for n in broken)
+    assert "--labo-chunk-size must be >= 1" in (out / broken[0] / "train.log").read_text()
+    # one progress line per finished run, failures included
+    progress = [line for line in proc.stdout.splitlines() if re.search(r"\[\d+/12\] ", line)]
+    assert len(progress) == 12 and sum(" failed: " in line for line in progress) == 2
+    assert any(re.search(r"done in \d+s, valid nll \d+\.\d\d", line) for line in progress)
+    # two runs were in flight at once: some run started before another had finished
+    spans = sorted((t["started"], t["finished"]) for t in summary["timing"].values())
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    # each run keeps its own log, and what was evaluated is the average of the last 2 epochs
+    for name in grid:
+        run_dir = out / name
+        assert "num_updates 16" in (run_dir / "train.log").read_text()
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["checkpoint"] == "average of the last 2 epoch checkpoints"
+        assert info["config"] == name.rsplit("-seed", 1)[0] and info["label_smoothing"] in (0.1, 0.2)
+        scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
+        assert scores["checkpoint"].endswith("checkpoint.avg2.pt")
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "LABO α=0.2 τ=2" in report and broken[0] in report  # the failed run is listed too
+
+
+def test_sigterm_stops_every_child_and_the_runs_resume(toy_data_bin, tmp_path):
+    methods = '[[methods]]\nkind = "labo"\n'
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, methods, max_update=400, save_every=5, seeds=(1, 2))
+    out = tmp_path / "exp"
+    proc = start_experiment(recipe, out, jobs=2)
+    lasts = [out / f"labo-a0.1-tau1.25-seed{s}" / "checkpoints" / "checkpoint_last.pt" for s in (1, 2)]
+    assert wait_for(lambda: all(p.exists() for p in lasts), 300, proc), "training never saved checkpoints"
+    assert len(processes_mentioning(str(out))) >= 2  # both trainings are running
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted" in output and "Run the same command again" in output
+    assert wait_for(lambda: not processes_mentioning(str(out)), 30), "a child outlived the pipeline"
+    assert not any((p.parent.parent / "train.done").exists() for p in lasts)
+    assert not any((p.parent.parent / "FAILED").exists() for p in lasts)
+
+    result = run_experiment(recipe, out, jobs=2)
+    for p in lasts:
+        log = (p.parent.parent / "train.log").read_text()
+        loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
+        assert loaded and "@ 0 updates" not in loaded[-1] and "num_updates 400" in log
+    assert "done" in result.stdout
+
+
+def test_killed_pipeline_leaves_no_training_behind_and_resumes(toy_data_bin, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "labo"\n',
+                          max_update=400, save_every=5)
+    out = tmp_path / "exp"
+    proc = start_experiment(recipe, out)
+    last = out / "labo-a0.1-tau1.25-seed1" / "checkpoints" / "checkpoint_last.pt"
+    assert wait_for(last.exists, 300, proc), "training never saved a checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)  # only the pipeline: its children must follow by themselves
+    proc.communicate()
+    assert wait_for(lambda: not processes_mentioning(str(out)), 30), "fairseq-train kept training unattended"
+    assert not (out / "labo-a0.1-tau1.25-seed1" / "train.done").exists()
+
+    result = run_experiment(recipe, out)
+    log = (out / "labo-a0.1-tau1.25-seed1" / "train.log").read_text()
+    assert "resuming" in result.stdout
+    loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
+    assert loaded and "@ 0 updates" not in loaded[-1]
+    assert "num_updates 400" in log
+    assert json.loads((out / "experiment.json").read_text())["runs"] == {"labo-a0.1-tau1.25-seed1": "done"}
+
+
+def test_output_directory_is_locked_while_a_pipeline_uses_it(tmp_path):
+    from labo_fairseq.experiment import OutputLock
+
+    lock = OutputLock(tmp_path)
+    with pytest.raises(RecipeError, match="in use by another run_experiment.py"):
+        OutputLock(tmp_path)
+    lock.release()
+    OutputLock(tmp_path).release()
