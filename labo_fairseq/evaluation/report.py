@@ -366,8 +366,9 @@ def _verdict_line(method: dict) -> str:
     verdict = method["verdict"]
     deltas = [method["by_subset"][s]["delta"]["sacrebleu"] for s in method["by_subset"]]
     mean_delta = sum(deltas) / len(deltas)
-    word = verdict["word"].upper() if verdict["word"] in ("better", "worse") else verdict["word"]
-    return (f"{method['label']} vs {method['baseline']}: {word} — {verdict['text']}; "
+    # "BETTER — better on 3 of 4 ..." stresses a clear outcome; other outcomes are stated once
+    head = f"{verdict['word'].upper()} — " if verdict["word"] in ("better", "worse", "mixed") else ""
+    return (f"{method['label']} vs {method['baseline']}: {head}{verdict['text']}; "
             f"mean Δ sacreBLEU {mean_delta:+.2f} over {verdict['of']} test set{'s' if verdict['of'] != 1 else ''}")
 
 
