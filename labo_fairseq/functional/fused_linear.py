@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._streaming import RowAccumulator, RowResults, finalize, grad_block, grad_from_exps
-from .params import LaboParams, compute_dtype, function_outputs, scale_grad_, spans
+from .params import LaboParams, compute_dtype, function_outputs, scale_grad_, spans, take_precomputed_grads
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,9 @@ class TorchFusedLabo(torch.autograd.Function):
         params = ctx.params
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        if ctx.grads is not None:
-            # accumulated in forward for a unit incoming gradient; consumed once (a second
-            # backward through a retained graph recomputes below)
-            grads, ctx.grads = ctx.grads, None
-            out = [None if g is None or not needed else scale_grad_(g, grad_loss, False).to(src.dtype)
-                   for g, src, needed in zip(grads, (hidden, weight, bias), (need_h, need_w, need_b))]
-            return (*out, None, None)
+        grads = take_precomputed_grads(ctx, grad_loss, (hidden, weight, bias))
+        if grads is not None:
+            return (*grads, None, None)
 
         n, d = hidden.shape
         V = weight.shape[0]

@@ -82,3 +82,14 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, per_row: bool) ->
     if grad_output.device.type == "cpu" and grad_output.item() == 1.0:
         return grad
     return grad.mul_(grad_output.to(grad.dtype))
+
+
+def take_precomputed_grads(ctx, grad_output: torch.Tensor, inputs) -> Optional[tuple]:
+    """The fused ops' (grad_hidden, grad_weight, grad_bias), accumulated in forward for a unit
+    incoming gradient, scaled by the real one and cast to the inputs' dtypes; None when there
+    are none. Consumed once: a second backward through a retained graph recomputes them."""
+    if ctx.grads is None:
+        return None
+    grads, ctx.grads = ctx.grads, None
+    return tuple(None if g is None or not ctx.needs_input_grad[i] else scale_grad_(g, grad_output, False).to(src.dtype)
+                 for i, (g, src) in enumerate(zip(grads, inputs)))

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .params import LaboParams, compute_dtype, function_outputs, scale_grad_, spans
-from .triton_row_grad import row_gradient, zero_row
-from .triton_row_stats import row_accumulate, row_finish, store_row_results
+from .params import LaboParams, compute_dtype, function_outputs, scale_grad_, spans, take_precomputed_grads
+from .triton_row_grad import row_grad_kernel
+from .triton_row_stats import row_stats_kernel
 
 MAX_BLOCK_V = 32768  # vocabulary block per loop step on a GPU
 GPU_NUM_WARPS = 32
@@ -30,38 +30,6 @@ GPU_NUM_WARPS = 32
 # chunk matmuls stay large while the workspace stays near the size of `hidden`
 MIN_WORKSPACE_ELEMENTS = 1 << 24
 MIN_TOKEN_ROWS = 64
-
-
-@triton.jit
-def row_stats_grad_kernel(z_ptr, z_stride, g_ptr, g_stride, target_ptr, ignore_index, V, alpha, inv_tau,
-                          loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr,
-                          BLOCK_V: tl.constexpr, ACC: tl.constexpr, TAU_INF: tl.constexpr,
-                          SMOOTH: tl.constexpr, NEED_Q: tl.constexpr, TRACK_ORDER: tl.constexpr):
-    """Stage 1 then stage 2 for one row (unit scale); g_ptr may equal z_ptr."""
-    row = tl.program_id(0).to(tl.int64)
-    y = tl.load(target_ptr + row)
-    g_row = g_ptr + row * g_stride
-    zero = tl.zeros((), ACC)
-    if y == ignore_index:
-        store_row_results(row, zero, zero, zero, zero, zero, zero, zero != zero,
-                          loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr)
-        zero_row(g_row, V, BLOCK_V)
-    else:
-        z_row = z_ptr + row * z_stride
-        z_gold = tl.load(z_row + y).to(ACC)
-        m_ref, sum_p, sum_q, wsum, max_left, max_right = row_accumulate(
-            z_row, y, V, inv_tau, BLOCK_V, ACC, TAU_INF, NEED_Q, TRACK_ORDER)
-        loss, nll, lse, log_sum_q, q_entropy, correct = row_finish(
-            z_gold, m_ref, sum_p, sum_q, wsum, max_left, max_right, alpha, inv_tau, SMOOTH, NEED_Q)
-        store_row_results(row, loss, nll, lse, m_ref, log_sum_q, q_entropy, correct,
-                          loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr)
-        row_gradient(z_row, g_row, y, V, lse, m_ref, log_sum_q, 1.0, alpha, inv_tau,
-                     BLOCK_V, ACC, TAU_INF, SMOOTH)
-
-
-# imported after the kernel above so that the stage kernels are importable on their own
-from .triton_row_grad import row_grad_kernel  # noqa: E402
-from .triton_row_stats import row_stats_kernel  # noqa: E402
 
 
 def block_width(vocab: int, chunk: int) -> int:
@@ -107,14 +75,10 @@ def row_stats(z, target, ignore_index, params: LaboParams, grad_out=None) -> Row
     stats = RowStats(n, z.device, compute_dtype(z.dtype))
     if n == 0:
         return stats
-    flags = _flags(params, z)
-    common = dict(NEED_Q=params.need_q, TRACK_ORDER=params.want_stats, **flags)
-    if grad_out is None:
-        row_stats_kernel[(n,)](z, z.stride(0), target, _ignore(ignore_index), V, params.alpha, params.inv_tau,
-                               *stats.pointers(), **common)
-    else:
-        row_stats_grad_kernel[(n,)](z, z.stride(0), grad_out, grad_out.stride(0), target, _ignore(ignore_index),
-                                    V, params.alpha, params.inv_tau, *stats.pointers(), **common)
+    out = z if grad_out is None else grad_out  # not written without WITH_GRAD
+    row_stats_kernel[(n,)](z, z.stride(0), out, out.stride(0), target, _ignore(ignore_index), V, params.alpha,
+                           params.inv_tau, *stats.pointers(), NEED_Q=params.need_q,
+                           TRACK_ORDER=params.want_stats, WITH_GRAD=grad_out is not None, **_flags(params, z))
     return stats
 
 
@@ -222,13 +186,9 @@ class TritonFusedLabo(torch.autograd.Function):
         params = ctx.params
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        if ctx.grads is not None:
-            # accumulated in forward for a unit incoming gradient; consumed once (a second
-            # backward through a retained graph recomputes below)
-            grads, ctx.grads = ctx.grads, None
-            out = [None if g is None or not needed else scale_grad_(g, grad_loss, False).to(src.dtype)
-                   for g, src, needed in zip(grads, (hidden, weight, bias), (need_h, need_w, need_b))]
-            return (*out, None, None)
+        grads = take_precomputed_grads(ctx, grad_loss, (hidden, weight, bias))
+        if grads is not None:
+            return (*grads, None, None)
         n, d = hidden.shape
         V = weight.shape[0]
         mdt = _matmul_dtype(hidden)

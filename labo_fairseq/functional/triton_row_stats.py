@@ -10,10 +10,13 @@ per row, scalar state carried across vocabulary blocks of width BLOCK_V:
 
 with the gold column masked out (never subtracted), so q stays exact when p_y -> 1.
 `row_finish` turns them and the gold logit into loss, nll, logsumexp and the entropy of q.
+`row_stats_kernel` can run stage 2 (`triton_row_grad`) for the same row right after.
 Everything accumulates in ACC (float32, or float64 for float64 logits).
 """
 import triton
 import triton.language as tl
+
+from .triton_row_grad import row_gradient, zero_row
 
 
 @triton.jit
@@ -105,17 +108,22 @@ def store_row_results(row, loss, nll, lse, m_ref, log_sum_q, q_entropy, correct,
 
 
 @triton.jit
-def row_stats_kernel(z_ptr, z_stride, target_ptr, ignore_index, V, alpha, inv_tau,
+def row_stats_kernel(z_ptr, z_stride, g_ptr, g_stride, target_ptr, ignore_index, V, alpha, inv_tau,
                      loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr,
                      BLOCK_V: tl.constexpr, ACC: tl.constexpr, TAU_INF: tl.constexpr,
-                     SMOOTH: tl.constexpr, NEED_Q: tl.constexpr, TRACK_ORDER: tl.constexpr):
-    """Stage 1 alone (no gradient): one program per row of z [N, V]."""
+                     SMOOTH: tl.constexpr, NEED_Q: tl.constexpr, TRACK_ORDER: tl.constexpr,
+                     WITH_GRAD: tl.constexpr):
+    """Stage 1 for one row of z [N, V] per program; WITH_GRAD runs stage 2 right after, while
+    the row is still in L2, writing the gradient for a unit incoming gradient to g_ptr (which
+    may be z_ptr: the logits then hold their gradient)."""
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(target_ptr + row)
     zero = tl.zeros((), ACC)
     if y == ignore_index:
         store_row_results(row, zero, zero, zero, zero, zero, zero, zero != zero,
                           loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr)
+        if WITH_GRAD:
+            zero_row(g_ptr + row * g_stride, V, BLOCK_V)
     else:
         z_row = z_ptr + row * z_stride
         z_gold = tl.load(z_row + y).to(ACC)
@@ -125,3 +133,6 @@ def row_stats_kernel(z_ptr, z_stride, target_ptr, ignore_index, V, alpha, inv_ta
             z_gold, m_ref, sum_p, sum_q, wsum, max_left, max_right, alpha, inv_tau, SMOOTH, NEED_Q)
         store_row_results(row, loss, nll, lse, m_ref, log_sum_q, q_entropy, correct,
                           loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr)
+        if WITH_GRAD:
+            row_gradient(z_row, g_ptr + row * g_stride, y, V, lse, m_ref, log_sum_q, 1.0, alpha, inv_tau,
+                         BLOCK_V, ACC, TAU_INF, SMOOTH)
