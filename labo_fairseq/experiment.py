@@ -20,7 +20,8 @@ A recipe is a small TOML file (see recipes/); every key is checked before anythi
     checkpoint = "average"       # "last" (default), "average" (of the last `average_last` epoch
     average_last = 5             # checkpoints) or "best" (checkpoint_best.pt by nll_loss, which
                                  # LS and LABO measure alike; adds --best-checkpoint-metric nll_loss)
-    beam = 5, lenpen = 1.0, batch_size = 128, cpu = false, longtail_level = "word"
+    beam = 5, lenpen = 1.0, batch_size = 128, cpu = false
+    longtail_level = "word"      # or "token" (subwords), "auto" (words when either side is subworded)
 
     [[methods]]
     kind = "ls"                  # fairseq's label_smoothed_cross_entropy
@@ -246,8 +247,8 @@ def _evaluate_settings(evaluate: dict, train: dict, path: Path):
     if not isinstance(cpu, bool):
         raise RecipeError(f"{where} cpu must be true or false, got {cpu!r}")
     level = evaluate.get("longtail_level", "word")
-    if level not in ("word", "token"):
-        raise RecipeError(f"{where} longtail_level must be \"word\" or \"token\", got {level!r}")
+    if level not in ("word", "token", "auto"):
+        raise RecipeError(f"{where} longtail_level must be \"word\", \"token\" or \"auto\", got {level!r}")
     settings.update(lenpen=float(lenpen), cpu=cpu, longtail_level=level)
     return settings, checkpoint, average_last
 

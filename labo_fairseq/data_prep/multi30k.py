@@ -23,6 +23,8 @@ URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{file}"
 SRC, TGT = "de", "en"
 NAME = "multi30k.de-en"
 DEFAULT_VOCAB = 8000
+# the task-1 test sets of the multi30k/dataset repository; "--test-sets all" downloads these
+PUBLISHED_TEST_SETS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco", "test_2018_flickr")
 
 
 def test_split_names(n):
@@ -39,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
     parser.add_argument("--test-sets", default="test_2016_flickr",
-                        help="comma-separated raw test sets, in split order (default: %(default)s)")
+                        help="comma-separated raw test sets, in split order, or 'all': every test_* pair in "
+                             "--raw-dir (without --raw-dir: the published ones) (default: %(default)s)")
     parser.add_argument("--subwords", choices=["bpe", "spm"], default="bpe",
                         help="joint subword-nmt BPE or a joint sentencepiece model (default: %(default)s)")
     parser.add_argument("--vocab", type=int, default=DEFAULT_VOCAB,
@@ -53,9 +56,24 @@ def parse_args(argv=None):
     args.test_sets = [name.strip() for name in args.test_sets.split(",") if name.strip()]
     if not args.test_sets:
         parser.error("--test-sets needs at least one name")
+    repeated = sorted({name for name in args.test_sets if args.test_sets.count(name) > 1})
+    if repeated:
+        parser.error(f"--test-sets names {', '.join(repeated)} more than once")
+    if args.test_sets == ["all"]:
+        args.test_sets = all_test_sets(args.raw_dir)
+        if not args.test_sets:
+            parser.error(f"--test-sets all: {args.raw_dir} has no test_*.{SRC}.gz with a matching test_*.{TGT}.gz")
     if args.vocab < 1 or args.workers < 1:
         parser.error("--vocab and --workers must be positive")
     return args
+
+
+def all_test_sets(raw_dir):
+    """Every test set with both sides in raw_dir (sorted by name), or the published ones."""
+    if raw_dir is None:
+        return list(PUBLISHED_TEST_SETS)
+    names = sorted(p.name[: -len(f".{SRC}.gz")] for p in Path(raw_dir).glob(f"test_*.{SRC}.gz"))
+    return [name for name in names if (Path(raw_dir) / f"{name}.{TGT}.gz").exists()]
 
 
 def raw_files(args, raw_names):

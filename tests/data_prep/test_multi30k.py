@@ -54,10 +54,20 @@ def test_sentencepiece_and_determinism(multi30k_raw, tmp_path):
 
 
 def test_bpe_deterministic(multi30k_prepared, multi30k_raw, tmp_path):
+    # "all" finds the raw directory's two test sets, in the order the fixture names them
     out, _ = multi30k_prepared
     run_script("prepare-multi30k.sh", "--raw-dir", multi30k_raw[0], "--out", tmp_path, "--vocab", "60",
-               "--test-sets", "test_2016_flickr,test_2017_flickr", "--workers", "1")
+               "--test-sets", "all", "--workers", "1")
     assert text_hashes(out) == text_hashes(tmp_path)
+
+
+def test_all_test_sets(tmp_path):
+    for name in ("test_2018_flickr.de", "test_2018_flickr.en", "test_2016_flickr.de", "test_2016_flickr.en",
+                 "test_2017_mscoco.de", "train.de", "train.en"):
+        (tmp_path / f"{name}.gz").write_bytes(b"")
+    # sorted, and only sets with both sides
+    assert multi30k.all_test_sets(tmp_path) == ["test_2016_flickr", "test_2018_flickr"]
+    assert multi30k.all_test_sets(None) == list(multi30k.PUBLISHED_TEST_SETS)
 
 
 def test_errors(multi30k_raw, tmp_path, capsys):
@@ -74,6 +84,9 @@ def test_errors(multi30k_raw, tmp_path, capsys):
         return err
 
     assert "test_2018_flickr.de.gz: file not found" in run("--test-sets", "test_2018_flickr")
+    with pytest.raises(SystemExit):
+        multi30k.main(["--raw-dir", str(raw_dir), "--test-sets", "test_2016_flickr,test_2016_flickr"])
+    assert "--test-sets names test_2016_flickr more than once" in capsys.readouterr().err
     with gzip.open(raw_dir / "val.en.gz", "wt") as f:
         f.write("one line\n")
     assert "line-count mismatch: " in run() and "valid.de has 20 lines" in run()
