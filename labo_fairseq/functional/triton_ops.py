@@ -15,6 +15,8 @@ recomputed in backward so that the incoming gradient (fairseq's loss scale) is a
 before rounding to float16, where small probabilities would otherwise flush to zero.
 On CPU tensors the kernels run only under Triton's interpreter (TRITON_INTERPRET=1).
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -63,6 +65,17 @@ def _flags(params: LaboParams, z: torch.Tensor):
     return flags
 
 
+@functools.lru_cache(maxsize=64)
+def _hyper(alpha: float, inv_tau: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(alpha, 1 / tau) on the device in the accumulation dtype; cached, so that repeated calls
+    copy nothing to the device."""
+    return torch.tensor([alpha, inv_tau], dtype=dtype, device=device)
+
+
+def _hyper_for(params: LaboParams, z: torch.Tensor) -> torch.Tensor:
+    return _hyper(params.alpha, params.inv_tau, compute_dtype(z.dtype), z.device)
+
+
 def _ignore(ignore_index):
     # targets are validated to lie in [0, V) when there is no ignore_index: -1 never matches
     return -1 if ignore_index is None else int(ignore_index)
@@ -76,8 +89,8 @@ def row_stats(z, target, ignore_index, params: LaboParams, grad_out=None) -> Row
     if n == 0:
         return stats
     out = z if grad_out is None else grad_out  # not written without WITH_GRAD
-    row_stats_kernel[(n,)](z, z.stride(0), out, out.stride(0), target, _ignore(ignore_index), V, params.alpha,
-                           params.inv_tau, *stats.pointers(), NEED_Q=params.need_q,
+    row_stats_kernel[(n,)](z, z.stride(0), out, out.stride(0), target, _ignore(ignore_index), V,
+                           _hyper_for(params, z), *stats.pointers(), NEED_Q=params.need_q,
                            TRACK_ORDER=params.want_stats, WITH_GRAD=grad_out is not None, **_flags(params, z))
     return stats
 
@@ -88,7 +101,7 @@ def row_grads(z, target, ignore_index, stats: RowStats, scale: torch.Tensor, par
     if n == 0:
         return out
     row_grad_kernel[(n,)](z, z.stride(0), out, out.stride(0), target, _ignore(ignore_index), V,
-                          stats.lse, stats.m_ref, stats.log_sum_q, scale, params.alpha, params.inv_tau,
+                          stats.lse, stats.m_ref, stats.log_sum_q, scale, _hyper_for(params, z),
                           **_flags(params, z))
     return out
 

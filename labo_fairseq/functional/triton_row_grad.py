@@ -38,10 +38,11 @@ def zero_row(g_ptr, V, BLOCK_V: tl.constexpr):
 
 @triton.jit
 def row_grad_kernel(z_ptr, z_stride, g_ptr, g_stride, target_ptr, ignore_index, V,
-                    lse_ptr, m_ref_ptr, log_sum_q_ptr, scale_ptr, alpha, inv_tau,
+                    lse_ptr, m_ref_ptr, log_sum_q_ptr, scale_ptr, hyper_ptr,
                     BLOCK_V: tl.constexpr, ACC: tl.constexpr, TAU_INF: tl.constexpr,
                     SMOOTH: tl.constexpr):
-    """Stage 2 alone (backward recompute): one program per row; ignored rows get zeros."""
+    """Stage 2 alone (backward recompute): one program per row; ignored rows get zeros.
+    hyper_ptr holds (alpha, 1 / tau) in ACC (see row_stats_kernel)."""
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(target_ptr + row)
     g_row = g_ptr + row * g_stride
@@ -50,4 +51,5 @@ def row_grad_kernel(z_ptr, z_stride, g_ptr, g_stride, target_ptr, ignore_index, 
     else:
         row_gradient(z_ptr + row * z_stride, g_row, y, V,
                      tl.load(lse_ptr + row), tl.load(m_ref_ptr + row), tl.load(log_sum_q_ptr + row),
-                     tl.load(scale_ptr + row), alpha, inv_tau, BLOCK_V, ACC, TAU_INF, SMOOTH)
+                     tl.load(scale_ptr + row), tl.load(hyper_ptr), tl.load(hyper_ptr + 1), BLOCK_V, ACC,
+                     TAU_INF, SMOOTH)

@@ -108,15 +108,18 @@ def store_row_results(row, loss, nll, lse, m_ref, log_sum_q, q_entropy, correct,
 
 
 @triton.jit
-def row_stats_kernel(z_ptr, z_stride, g_ptr, g_stride, target_ptr, ignore_index, V, alpha, inv_tau,
+def row_stats_kernel(z_ptr, z_stride, g_ptr, g_stride, target_ptr, ignore_index, V, hyper_ptr,
                      loss_ptr, nll_ptr, lse_ptr, m_ref_ptr, log_sum_q_ptr, q_entropy_ptr, correct_ptr,
                      BLOCK_V: tl.constexpr, ACC: tl.constexpr, TAU_INF: tl.constexpr,
                      SMOOTH: tl.constexpr, NEED_Q: tl.constexpr, TRACK_ORDER: tl.constexpr,
                      WITH_GRAD: tl.constexpr):
     """Stage 1 for one row of z [N, V] per program; WITH_GRAD runs stage 2 right after, while
     the row is still in L2, writing the gradient for a unit incoming gradient to g_ptr (which
-    may be z_ptr: the logits then hold their gradient)."""
+    may be z_ptr: the logits then hold their gradient). hyper_ptr holds (alpha, 1 / tau) in ACC:
+    scalar arguments would reach the kernel as float32 whatever the logits' dtype."""
     row = tl.program_id(0).to(tl.int64)
+    alpha = tl.load(hyper_ptr)
+    inv_tau = tl.load(hyper_ptr + 1)
     y = tl.load(target_ptr + row)
     zero = tl.zeros((), ACC)
     if y == ignore_index:
