@@ -1,12 +1,22 @@
 # The two commands: `make demo` (the main job) and `make test` (the test suite).
 # Both first create or update .venv/ (scripts/setup_env.sh; seconds when nothing changed).
+#   make env TORCH=system      .venv/ that keeps the system Python's torch (e.g. a CUDA build)
+#   make env OFFLINE=DIR       install from a wheelhouse only (no network)
+#   make wheelhouse [PYTHON_VERSION=3.11] [PLATFORM=manylinux_2_28_x86_64] [WHEELHOUSE=wheelhouse]
 VENV ?= .venv
 PYTEST_ARGS ?=
+TORCH ?= cpu
+OFFLINE ?=
+WHEELHOUSE ?= wheelhouse
+PYTHON_VERSION ?=
+PLATFORM ?=
 
-.PHONY: env demo test test-all clean-env
+ENV_FLAGS = $(if $(filter system,$(TORCH)),--system-torch) $(if $(OFFLINE),--offline $(OFFLINE))
+
+.PHONY: env demo test test-all wheelhouse clean-env
 
 env:
-	@bash scripts/setup_env.sh
+	@bash scripts/setup_env.sh $(ENV_FLAGS)
 
 demo: env
 	@bash scripts/demo.sh
@@ -17,6 +27,10 @@ test: env
 
 test-all: env
 	@bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+wheelhouse: env
+	@bash scripts/wheelhouse.sh --dest $(WHEELHOUSE) $(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
+		$(if $(PLATFORM),--platform $(PLATFORM))
 
 clean-env:
 	rm -rf $(VENV)

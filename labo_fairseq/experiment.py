@@ -70,6 +70,7 @@ from typing import Dict, List, Optional, Sequence
 from labo_fairseq.procs import child_command
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent  # fairseq's --user-dir, in a checkout or installed
 PYTHON_BIN = Path(sys.executable).parent
 TRAIN_DONE = "train.done"
 METHOD_KINDS = ("ls", "labo", "tsla")
@@ -122,7 +123,7 @@ def _fmt(value: float) -> str:
 
 
 def _labo_args(alpha: float, tau: float, extra=()) -> List[str]:
-    return ["--user-dir", str(REPO / "labo_fairseq"), "--criterion", "label_smoothed_labo",
+    return ["--user-dir", str(PACKAGE_DIR), "--criterion", "label_smoothed_labo",
             "--label-smoothing", _fmt(alpha), "--labo-tau", _fmt(tau), *extra]
 
 
@@ -500,7 +501,7 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequen
     (run.run_dir / "eval.done").unlink(missing_ok=True)
     for subset in subsets:
         out = run.run_dir / "eval" / subset
-        command = ["bash", str(REPO / "scripts" / "evaluate.sh"), str(recipe.data_bin), str(checkpoint), str(out),
+        command = [sys.executable, "-m", "labo_fairseq.cli", "evaluate", str(recipe.data_bin), str(checkpoint), str(out),
                    "--subset", subset, "--beam", str(ev["beam"]), "--lenpen", str(ev["lenpen"]),
                    "--batch-size", str(ev["batch_size"]), *(["--cpu"] if ev["cpu"] else [])]
         if stream:
@@ -508,7 +509,7 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequen
         out.mkdir(parents=True, exist_ok=True)
         children.run(command, run.run_dir / f"evaluate.{subset}.log", f"evaluation of {run.name} on {subset}",
                      stream, env=env)
-        longtail = [str(PYTHON_BIN / "python"), str(REPO / "scripts" / "longtail.py"),
+        longtail = [sys.executable, "-m", "labo_fairseq.cli", "longtail",
                     "--train-ref", str(recipe.train_target), "--hyp", str(out / "hyp.txt"), "--ref", str(out / "ref.txt"),
                     "--level", str(ev["longtail_level"]), "--json", str(out / "longtail.json")]
         children.run(longtail, run.run_dir / f"longtail.{subset}.log", f"long-tail analysis of {run.name} on {subset}",

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Run an LS-vs-LABO comparison from a recipe (see `--help` and recipes/)."""
+"""Run an LS-vs-LABO comparison from a recipe (see `--help` and recipes/): `labo-experiment` from a checkout."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from labo_fairseq.experiment import main  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from a checkout without install
+from labo_fairseq.cli import experiment  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(experiment(prog="run_experiment.py"))

@@ -1,56 +1,126 @@
 #!/usr/bin/env bash
-# Creates or updates .venv/: the pinned requirements, fairseq 0.12.2 built from its sdist with
-# patches/fairseq-0.12.2.patch, and labo_fairseq (editable). Each step keeps a stamp keyed on the
-# hash of its inputs, so a second run with nothing changed returns at once and a change to the
-# pins or the patch redoes only what depends on it. Never installs a CUDA build of torch.
+# Creates or updates the project's Python environment: the pinned requirements, fairseq 0.12.2
+# built from its sdist with patches/fairseq-0.12.2.patch (scripts/install_fairseq.sh), and
+# labo_fairseq (editable). Each step keeps a stamp keyed on the hash of its inputs, so a second run
+# with nothing changed returns at once and a change to the pins or the patch redoes only what
+# depends on it.
 #
-# Usage: bash scripts/setup_env.sh        (VENV=... and PYTHON=... override the defaults)
+# usage: bash scripts/setup_env.sh [--system-torch | --into-current-env] [--offline WHEELHOUSE]
+#                                  [--requirements FILE] [--no-fairseq]
+#   (default)           .venv/ with everything in requirements.txt, torch's CPU build included
+#   --system-torch      .venv/ made with --system-site-packages: keeps the torch (e.g. a CUDA build)
+#                       that $PYTHON already has, and the triton that came with it
+#   --into-current-env  no venv: installs into the environment of $PYTHON (default: `python` on
+#                       PATH, i.e. the active venv/conda env), keeping its torch and triton
+#   --offline DIR       installs only from DIR, a wheelhouse made by `make wheelhouse` (pip
+#                       --no-index --find-links DIR); nothing is downloaded
+#   --requirements FILE another lock file instead of requirements.txt
+#   --no-fairseq        leave fairseq alone (the environment already has a patched one)
+# VENV=... sets the venv's path (default .venv), PYTHON=... the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-VENV=${VENV:-$ROOT/.venv}
-PYTHON=${PYTHON:-python3.11}
-FAIRSEQ_VERSION=0.12.2
-PATCH=$ROOT/patches/fairseq-$FAIRSEQ_VERSION.patch
+mode=venv offline= requirements=requirements.txt fairseq=yes
+die() { echo "setup_env: error: $*" >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --system-torch) mode=system; shift ;;
+        --into-current-env) mode=current; shift ;;
+        --offline) offline=$(cd "${2:?--offline needs a wheelhouse directory}" 2>/dev/null && pwd) \
+                       || die "--offline: $2 is not a directory"; shift 2 ;;
+        --requirements) requirements=${2:?--requirements needs a file}; shift 2 ;;
+        --no-fairseq) fairseq=no; shift ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $1 (see --help)" ;;
+    esac
+done
+[[ -f $requirements ]] || die "requirements file $requirements does not exist"
+
+if [[ $mode == current ]]; then
+    PY=${PYTHON:-$(command -v python || command -v python3 || true)}
+    [[ -n $PY ]] && command -v "$PY" >/dev/null || die "no python found; set PYTHON=/path/to/python"
+    STAMPS=$("$PY" -c 'import sys; print(sys.prefix)')/.labo-fairseq-stamps
+else
+    VENV=${VENV:-$ROOT/.venv}
+    PYTHON=${PYTHON:-python3.11}
+    if [[ -x $VENV/bin/python ]]; then
+        shares=$(grep -qs '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg" && echo system || echo venv)
+        [[ $shares == "$mode" ]] || die "$VENV exists and was made $([[ $shares == system ]] && echo with || echo without) \
+--system-site-packages; remove it first (make clean-env) to switch"
+    else
+        command -v "$PYTHON" >/dev/null || die "$PYTHON not found; set PYTHON=/path/to/python3.11"
+        echo "[setup_env] creating $VENV with $PYTHON${mode/venv/}"
+        "$PYTHON" -m venv $([[ $mode == system ]] && echo --system-site-packages) "$VENV"
+    fi
+    PY=$VENV/bin/python
+    STAMPS=$VENV
+fi
+mkdir -p "$STAMPS"
+if [[ -n $offline ]]; then
+    # every pip call below, install_fairseq.sh's included, reads only the wheelhouse
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS=$offline
+    echo "[setup_env] offline: installing from $offline only"
+fi
+PIP=("$PY" -m pip --disable-pip-version-check --quiet)
 
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 # step NAME KEY: true when the stamp of step NAME does not match KEY (the step must run)
-step_needed() { [[ ! -f $VENV/.stamp-$1 || $(cat "$VENV/.stamp-$1") != "$2" ]]; }
-step_done() { echo "$2" > "$VENV/.stamp-$1"; }
+step_needed() { [[ ! -f $STAMPS/.stamp-$1 || $(cat "$STAMPS/.stamp-$1") != "$2" ]]; }
+step_done() { echo "$2" > "$STAMPS/.stamp-$1"; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 
-if [[ ! -x $VENV/bin/python ]]; then
-    command -v "$PYTHON" >/dev/null || { echo "setup_env: $PYTHON not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
-    echo "[setup_env] creating $VENV with $PYTHON"
-    "$PYTHON" -m venv "$VENV"
+torch_version=
+if [[ $mode != venv ]]; then
+    # Bring-your-own torch: it must import, and pip may not change it.
+    torch_version=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null) \
+        || die "$PY cannot import torch; install your torch build first (https://pytorch.org/get-started/locally/) or run without ${mode/system/--system-torch}${mode/current/--into-current-env}"
+    "$PY" -c 'import torch; print(f"[setup_env] keeping torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}, built for CUDA {torch.version.cuda})")'
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 
-key=$(hash_of requirements.txt)
+key=$( (cat "$requirements"; echo "$mode $torch_version $offline") | sha256sum | cut -d' ' -f1)
 if step_needed requirements "$key"; then
-    echo "[setup_env] installing pinned requirements (requirements.txt)"
-    "${PIP[@]}" install -r requirements.txt
+    pip_args=(-r "$requirements")
+    if [[ $mode != venv ]]; then
+        # the lock file without its torch (and the triton that comes with torch), and a constraint
+        # that makes anything wanting another torch fail instead of replacing it
+        grep -viE '^(torch|triton)[=<>~ ]|^--extra-index-url' "$requirements" > "$tmp/requirements.txt"
+        echo "torch==$torch_version" > "$tmp/keep-torch.txt"
+        pip_args=(-r "$tmp/requirements.txt" -c "$tmp/keep-torch.txt")
+    else
+        index=$(sed -n 's/^--extra-index-url[ =]*//p' "$requirements" | head -n 1)
+        if [[ -n $index && -z $offline ]] && ! "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$index" 2>/dev/null; then
+            # pip would retry the host for every package; torch must then come from pip's other sources
+            echo "[setup_env] $index cannot be reached: torch comes from pip's configured sources"
+            index=unreachable
+        fi
+        if [[ -n $offline || $index == unreachable ]]; then
+            grep -v '^--extra-index-url' "$requirements" > "$tmp/requirements.txt"
+            pip_args=(-r "$tmp/requirements.txt")
+        fi
+    fi
+    echo "[setup_env] installing pinned requirements ($requirements)"
+    "${PIP[@]}" install "${pip_args[@]}"
     step_done requirements "$key"
 fi
 
-# fairseq is rebuilt when the patch, this script or a pin it compiles against changes.
-key=$( (cat "$PATCH" scripts/setup_env.sh; grep -iE '^(torch|numpy|cython|setuptools|wheel)==' requirements.txt) | sha256sum | cut -d' ' -f1)
-if step_needed fairseq "$key"; then
-    echo "[setup_env] building fairseq $FAIRSEQ_VERSION from its sdist with $(basename "$PATCH")"
-    build=$(mktemp -d)
-    trap 'rm -rf "$build"' EXIT
-    # --no-build-isolation: compile against the pinned numpy/cython in the venv.
-    # --no-deps: fairseq's own pins do not work here; requirements.txt replaces them.
-    "${PIP[@]}" download --no-deps --no-binary :all: --no-build-isolation -d "$build" "fairseq==$FAIRSEQ_VERSION"
-    tar -xzf "$build/fairseq-$FAIRSEQ_VERSION.tar.gz" -C "$build"
-    patch -d "$build/fairseq-$FAIRSEQ_VERSION" -p1 --quiet --forward < "$PATCH"
-    "${PIP[@]}" install --no-deps --no-build-isolation --force-reinstall "$build/fairseq-$FAIRSEQ_VERSION"
-    step_done fairseq "$key"
+if [[ $fairseq == yes ]]; then
+    # rebuilt when the patch, the build scripts or what it compiles against changes
+    key=$( (cat "patches/fairseq-0.12.2.patch" scripts/install_fairseq.sh;
+            "$PY" -c 'import torch, numpy, Cython, setuptools; print(torch.__version__, numpy.__version__, Cython.__version__, setuptools.__version__)') \
+          | sha256sum | cut -d' ' -f1)
+    if step_needed fairseq "$key"; then
+        bash scripts/install_fairseq.sh --python "$PY"
+        step_done fairseq "$key"
+    fi
 fi
 
-key=$(hash_of setup.py)
+key=$(hash_of setup.py pyproject.toml)
 if step_needed labo_fairseq "$key"; then
     echo "[setup_env] installing labo_fairseq (editable)"
     "${PIP[@]}" install --no-deps --no-build-isolation -e .
-    "$VENV/bin/python" -c "import torch, fairseq, labo_fairseq; print('[setup_env] ok: torch', torch.__version__, '| fairseq', fairseq.__version__)"
+    check="import labo_fairseq; print('[setup_env] ok: labo_fairseq', labo_fairseq.__version__"
+    [[ $fairseq == yes ]] && check="import torch, fairseq; $check, '| torch', torch.__version__, '| fairseq', fairseq.__version__"
+    "$PY" -c "$check)"
     step_done labo_fairseq "$key"
 fi

@@ -15,8 +15,8 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO_ROOT / "data"
+# Relative: outputs go under the working directory, wherever the package is installed.
+DEFAULT_OUT = Path("data")
 BLOCK_LINES = 2000
 
 
@@ -111,29 +111,41 @@ def _blocks(lines, size=BLOCK_LINES):
         yield block
 
 
-def map_lines(transform, lines, workers):
+def progress(desc, unit="lines", total=None):
+    """A tqdm bar on stderr for a person watching a long step; disabled when stderr is not a
+    terminal, so logs and the tests see only the usual count lines."""
+    from tqdm import tqdm
+    return tqdm(desc=desc, unit=unit, total=total, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
+                disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True)
+
+
+def map_lines(transform, lines, workers, desc=None):
     """Yields transform(block) results in input order; transform maps a list of lines to a list of lines.
 
     With workers > 1 the blocks go through a process pool (the transforms are pure Python regex work,
-    so threads would not help).
+    so threads would not help). With `desc`, shows the lines done on a terminal.
     """
-    if workers <= 1:
-        for block in _blocks(lines):
-            yield from transform(block)
-        return
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(transform,))
-    try:
-        for result in pool.imap(_apply_worker, _blocks(lines), chunksize=1):
-            yield from result
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+    with progress(desc or "processing") as bar:
+        if workers <= 1:
+            for block in _blocks(lines):
+                result = transform(block)
+                bar.update(len(block))
+                yield from result
+            return
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(transform,))
+        try:
+            for result in pool.imap(_apply_worker, _blocks(lines), chunksize=1):
+                bar.update(len(result))
+                yield from result
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
 
 
 def map_file(transform, src, dest, workers):
     """Applies a block transform to every line of src, writing dest; returns the line count."""
-    return write_lines(dest, map_lines(transform, read_lines(src), workers))
+    return write_lines(dest, map_lines(transform, read_lines(src), workers, desc=Path(dest).name))
 
 
 # ---------------------------------------------------------------------------------------- raw inputs
@@ -144,8 +156,11 @@ def download(url, dest, hint):
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out, \
+                progress(dest.name, "B", int(response.headers.get("Content-Length") or 0) or None) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
         part.replace(dest)
     except OSError as e:  # URLError, timeouts and HTTP errors are all OSErrors
         part.unlink(missing_ok=True)

@@ -44,21 +44,27 @@ def archive_members():
     return members
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, prog="prepare-iwslt14.sh"):
     parser = argparse.ArgumentParser(
-        prog="prepare-iwslt14.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path,
-                        help=f"the IWSLT'14 release de-en.tgz (default: download {URL})")
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = parser.add_mutually_exclusive_group()
+    raw.add_argument("--raw-dir", type=Path,
+                     help="directory holding the IWSLT'14 release de-en.tgz (default: download it)")
+    raw.add_argument("--archive", type=Path,
+                     help=f"the release archive itself, under any name (default: download {URL})")
     parser.add_argument("--url", default=URL, help="where to download the archive from without --archive")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
-    parser.add_argument("--bpe-tokens", type=int, default=10000, help="BPE merge operations (default: %(default)s)")
+    parser.add_argument("--vocab", "--bpe-tokens", dest="bpe_tokens", type=int, default=10000,
+                        help="BPE merge operations; --bpe-tokens is the older name (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for tokenisation, BPE and binarisation (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     args = parser.parse_args(argv)
     if args.bpe_tokens < 1 or args.workers < 1:
-        parser.error("--bpe-tokens and --workers must be positive")
+        parser.error("--vocab and --workers must be positive")
+    if args.raw_dir is not None:
+        args.archive = args.raw_dir / "de-en.tgz"
     return args
 
 
@@ -151,9 +157,9 @@ def prepare(args):
     log(TAG, f"done in {total}: {text_final} and {bin_final}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    return common.run_main(TAG, lambda: prepare(args))
+def main(argv=None, prog=None):
+    args = parse_args(argv) if prog is None else parse_args(argv, prog)
+    return common.run_main(prog or TAG, lambda: prepare(args))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ def test_split_names(n):
     return ["test" if i == 0 else f"test{i}" for i in range(n)]
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, prog="prepare-multi30k.sh"):
     parser = argparse.ArgumentParser(
-        prog="prepare-multi30k.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw-dir", type=Path,
                         help="directory with train/val/test_*.{de,en}.gz (default: <out>/orig/multi30k, "
                              "downloading missing files from the multi30k/dataset repository)")
@@ -157,9 +157,9 @@ def prepare(args):
     log(TAG, f"done in {total}: {text_final} and {bin_final}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    return common.run_main(TAG, lambda: prepare(args))
+def main(argv=None, prog=None):
+    args = parse_args(argv) if prog is None else parse_args(argv, prog)
+    return common.run_main(prog or TAG, lambda: prepare(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Joint subword models: subword-nmt BPE (as fairseq's recipes use it) or sentencepiece."""
 import contextlib
 import io
+import sys
 from pathlib import Path
 
 from .common import PrepError, concatenate
@@ -10,13 +11,27 @@ SPM_SEED = 1
 
 def learn_bpe(train_paths, codes_path, merges, scratch_dir):
     """learn_bpe.py -s merges on the concatenation of train_paths (min frequency 2, the default)."""
-    from subword_nmt.learn_bpe import learn_bpe as subword_nmt_learn_bpe
+    from subword_nmt import learn_bpe as subword_nmt_module
     joint = concatenate(train_paths, Path(scratch_dir) / "bpe-train.joint")
-    with open(joint, encoding="utf-8") as infile, open(codes_path, "w", encoding="utf-8") as outfile:
-        # subword-nmt prints "no pair has frequency >= 2. Stopping" to stderr when the corpus runs out
-        # of pairs before `merges`; that is normal on small corpora.
-        with contextlib.redirect_stderr(io.StringIO()):
-            subword_nmt_learn_bpe(infile, outfile, merges)
+    terminal = sys.stderr
+
+    def merges_bar(iterable, *args, **kwargs):
+        # subword-nmt's own tqdm would write into the silenced stderr below: show the merges on the
+        # terminal instead (and nothing when stderr is not one)
+        from tqdm import tqdm
+        return tqdm(iterable, desc="BPE merges", unit="merges", file=terminal, disable=not terminal.isatty(),
+                    leave=False, dynamic_ncols=True)
+
+    own_tqdm = getattr(subword_nmt_module, "tqdm", None)
+    subword_nmt_module.tqdm = merges_bar
+    try:
+        with open(joint, encoding="utf-8") as infile, open(codes_path, "w", encoding="utf-8") as outfile:
+            # subword-nmt prints "no pair has frequency >= 2. Stopping" to stderr when the corpus runs out
+            # of pairs before `merges`; that is normal on small corpora.
+            with contextlib.redirect_stderr(io.StringIO()):
+                subword_nmt_module.learn_bpe(infile, outfile, merges)
+    finally:
+        subword_nmt_module.tqdm = own_tqdm
     joint.unlink()
     return sum(1 for line in open(codes_path, encoding="utf-8") if not line.startswith("#version"))
 

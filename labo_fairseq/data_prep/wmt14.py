@@ -41,9 +41,9 @@ TEST_MEMBERS = {SRC: "test-full/newstest2014-deen-src.en.sgm", TGT: "test-full/n
 DEFAULT_VOCAB = {"spm": 32000, "bpe": 40000}
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, prog="prepare-wmt14en2de.sh"):
     parser = argparse.ArgumentParser(
-        prog="prepare-wmt14en2de.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw-dir", type=Path,
                         help="directory with the statmt.org archives (training-parallel-*.tgz, dev.tgz, "
                              "test-full.tgz) or their extracted files (default: <out>/orig/wmt14, "
@@ -189,9 +189,9 @@ def prepare(args):
     log(TAG, f"done in {total}: {text_final} and {bin_final}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    return common.run_main(TAG, lambda: prepare(args))
+def main(argv=None, prog=None):
+    args = parse_args(argv) if prog is None else parse_args(argv, prog)
+    return common.run_main(prog or TAG, lambda: prepare(args))
 
 
 if __name__ == "__main__":

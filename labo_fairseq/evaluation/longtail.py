@@ -219,9 +219,9 @@ def format_table(result: dict) -> str:
                                                          "prec", "rec", "F1"], disable_numparse=True)
 
 
-def main(argv=None):
+def main(argv=None, prog="longtail.py"):
     parser = argparse.ArgumentParser(
-        prog="longtail.py",
+        prog=prog,
         description="Word/token accuracy by training frequency (compare-mt's analysis): per bucket "
                     "types, reference and hypothesis counts, hyp/ref ratio, precision, recall, F1.")
     parser.add_argument("--train-ref", required=True, help="training target text (as binarised: subwords)")

@@ -651,9 +651,9 @@ def format_headline(headline: dict) -> str:
     return "\n\n".join(blocks)
 
 
-def main(argv=None):
+def main(argv=None, prog="report.py"):
     parser = argparse.ArgumentParser(
-        prog="report.py",
+        prog=prog,
         description="Compare evaluated runs (RUN_DIR/run.json, train.log, eval/<subset>/...): scores per test "
                     "set, significance of each method against LS over all seeds, verdicts, per-seed table, "
                     "long-tail tables, plots. Run directories holding a FAILED file are listed as failed.")

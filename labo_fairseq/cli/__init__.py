@@ -1,0 +1,95 @@
+"""The console commands (setup.py's entry points). Each runs the same code as the corresponding
+script of a source checkout (data-prep/*.sh, scripts/*.sh, scripts/*.py), which are thin wrappers
+around `python -m labo_fairseq.cli COMMAND`.
+
+    labo-prepare {iwslt14,wmt14,multi30k} ...   data preparation (labo_fairseq.data_prep)
+    labo-evaluate DATA_BIN CHECKPOINT OUT_DIR   translate and score (labo_fairseq.evaluation.evaluate)
+    labo-longtail ...                           rare-word accuracy (labo_fairseq.evaluation.longtail)
+    labo-report RUN_DIR... --out DIR            comparison report (labo_fairseq.evaluation.report)
+    labo-experiment RECIPE ...                  the whole pipeline (labo_fairseq.experiment)
+
+Each function takes argv (default: sys.argv[1:]) and the program name shown in messages, and
+returns the exit status.
+"""
+import importlib
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from labo_fairseq.evaluation.errors import run_main
+
+DATASETS = ("iwslt14", "wmt14", "multi30k")
+
+
+def _argv(argv: Optional[Sequence[str]]) -> List[str]:
+    return list(sys.argv[1:] if argv is None else argv)
+
+
+def prepare(argv: Optional[Sequence[str]] = None, prog: str = "labo-prepare") -> int:
+    argv = _argv(argv)
+    usage = f"usage: {prog} {{{','.join(DATASETS)}}} [options]   ({prog} DATASET --help for the options)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\nPrepares a translation benchmark into text and fairseq binary data.",
+              file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in DATASETS:
+        print(f"{usage}\n{prog}: error: unknown dataset {argv[0]!r} (choose from {', '.join(DATASETS)})",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"labo_fairseq.data_prep.{argv[0]}")
+    return module.main(argv[1:], prog=f"{prog} {argv[0]}")
+
+
+def evaluate(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> int:
+    from labo_fairseq.evaluation import evaluate as module
+    return run_main(lambda args: module.main(args, prog=prog), prog, _argv(argv))
+
+
+def longtail(argv: Optional[Sequence[str]] = None, prog: str = "labo-longtail") -> int:
+    from labo_fairseq.evaluation import longtail as module
+    return run_main(lambda args: module.main(args, prog=prog), prog, _argv(argv))
+
+
+def report(argv: Optional[Sequence[str]] = None, prog: str = "labo-report") -> int:
+    from labo_fairseq.evaluation import report as module
+    return run_main(lambda args: module.main(args, prog=prog), prog, _argv(argv))
+
+
+def packaged_recipes() -> dict:
+    """{name: path} of the recipes that ship with the package: labo_fairseq/recipes/ when installed
+    from a wheel, the checkout's recipes/ otherwise (an editable install maps nothing)."""
+    package = Path(__file__).resolve().parent.parent
+    for folder in (package / "recipes", package.parent / "recipes"):
+        if folder.is_dir():
+            return {path.stem: path for path in sorted(folder.glob("*.toml"))}
+    return {}
+
+
+def resolve_recipe(name: str) -> str:
+    """A recipe file as given, or a packaged recipe named without its directory (`multi30k-cpu`,
+    `multi30k-cpu.toml`), so that an installed labo-experiment needs no checkout."""
+    if Path(name).exists():
+        return name
+    recipes = packaged_recipes()
+    key = name[:-len(".toml")] if name.endswith(".toml") else name
+    if Path(key).name == key and key in recipes:
+        return str(recipes[key])
+    return name  # the pipeline reports the missing file
+
+
+def experiment(argv: Optional[Sequence[str]] = None, prog: str = "labo-experiment") -> int:
+    from labo_fairseq import experiment as module
+    argv = _argv(argv)
+    takes_value = {"--out", "--data-dir", "--jobs"}
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-") and (i == 0 or argv[i - 1] not in takes_value):
+            argv[i] = resolve_recipe(arg)
+            break
+    if argv and argv[0] in ("-h", "--help"):
+        names = ", ".join(sorted(packaged_recipes()))
+        print(f"Packaged recipes ({prog} NAME): {names}\n")
+    return module.main(argv)
+
+
+COMMANDS = {"prepare": prepare, "evaluate": evaluate, "longtail": longtail, "report": report,
+            "experiment": experiment}
