@@ -94,8 +94,9 @@ class TranslationIvonTask(TranslationTask):
 
         extra = {"ivon_sigma": ivon.mean_sigma(), "ivon_n": 1}
         interval = self.cfg.ivon_noise_interval
-        due = update_num % interval == 0 or self._last_noise is None  # also right after a resume
-        if interval > 0 and due and not ivon.sampling_started:
+        # due every `interval` updates, and at once after a resume
+        due = interval > 0 and (update_num % interval == 0 or self._last_noise is None)
+        if due and not ivon.sampling_started:
             self._last_noise = self._label_noise(model, sample, ivon, update_num)
         if self._last_noise is not None:
             # every update carries the latest measurement: a meter that got no value in a log

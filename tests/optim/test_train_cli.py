@@ -1,0 +1,97 @@
+"""`fairseq-train --task translation_ivon --optimizer ivon` through the real CLIs."""
+import os
+import subprocess
+
+import pytest
+
+from tests.criterions.test_train_cli import _free_port, train_inner
+from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli
+
+USER_DIR = str(REPO_ROOT / "labo_fairseq")
+IVON = ["--user-dir", USER_DIR, "--task", "translation_ivon", "--optimizer", "ivon", "--lr", "0.1"]
+
+
+def ivon_train(data_bin, save_dir, *extra, max_update=10, check=True):
+    """tests.toy.train's tiny transformer, with IVON instead of Adam."""
+    args = ["fairseq-train", data_bin, "--cpu", *TINY_TRANSFORMER_ARGS, *IVON, "--max-tokens", "500",
+            "--max-update", str(max_update), "--save-dir", save_dir, "--seed", "1", "--log-format", "simple",
+            "--log-interval", "1", "--no-progress-bar", "--no-epoch-checkpoints", *extra]
+    return run_cli(args, check=check)
+
+
+def test_ivon_with_labo_lowers_the_loss_logs_diagnostics_and_generates(toy_data_bin, tmp_path):
+    proc = ivon_train(toy_data_bin, tmp_path / "ckpt", "--criterion", "label_smoothed_labo",
+                      "--ivon-noise-interval", "5", max_update=30)
+    rows = train_inner(proc.stdout)
+    assert sorted(rows) == list(range(1, 31))
+    first = sum(float(rows[u]["loss"]) for u in range(1, 4)) / 3
+    last = sum(float(rows[u]["loss"]) for u in range(28, 31)) / 3
+    assert last < first - 0.5, (first, last)
+    for row in rows.values():
+        assert 0 < float(row["ivon_sigma"]) < 1 and 0 < float(row["ivon_label_noise"]) < 1, row
+    assert "q_entropy" in rows[1]
+    assert "IVON effective sample size" in proc.stdout + proc.stderr
+    gen = run_cli(["fairseq-generate", toy_data_bin, "--path", tmp_path / "ckpt" / "checkpoint_best.pt",
+                   "--user-dir", USER_DIR, "--cpu", "--beam", "2", "--batch-size", "16"])
+    assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 40
+
+
+def test_resume_gives_the_updates_of_an_uninterrupted_run(toy_data_bin, tmp_path):
+    extra = ("--ivon-mc-samples", "2")
+    whole = train_inner(ivon_train(toy_data_bin, tmp_path / "whole", *extra, max_update=10).stdout)
+    ivon_train(toy_data_bin, tmp_path / "split", *extra, max_update=5)
+    proc = ivon_train(toy_data_bin, tmp_path / "split", *extra, max_update=10)
+    assert "Loaded checkpoint" in proc.stdout + proc.stderr
+    resumed = train_inner(proc.stdout)
+    assert sorted(resumed) == list(range(6, 11))
+    for update in resumed:
+        for key in ("loss", "gnorm", "ivon_sigma"):  # equal at the printed precision
+            assert resumed[update][key] == whole[update][key], (update, key)
+
+
+def _flag_error(proc):
+    return [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ivon-ess", "0"], "--ivon-ess must be > 0 (or left unset), got 0.0"),
+    (["--ivon-mc-samples", "0"], "--ivon-mc-samples must be >= 1, got 0"),
+    (["--ivon-beta2", "1"], "--ivon-beta2 must be in [0, 1), got 1.0"),
+    (["--ivon-beta2", "-0.5"], "--ivon-beta2 must be in [0, 1), got -0.5"),
+    (["--fp16"], "--task translation_ivon trains in fp32 only: drop --fp16"),
+    (["--task", "translation"], "--optimizer ivon needs its weight samples drawn around forward and backward: "
+                                "use --task translation_ivon"),
+    (["--optimizer", "adam"], "--task translation_ivon samples weights for --optimizer ivon, not FairseqAdam"),
+])
+def test_invalid_flags_are_one_line_errors(toy_data_bin, tmp_path, flags, message):
+    proc = ivon_train(toy_data_bin, tmp_path / "ckpt", "--no-save", *flags, max_update=1, check=False)
+    assert proc.returncode != 0
+    assert _flag_error(proc) == [f"fairseq-train: error: {message}"]
+
+
+@pytest.mark.parametrize("samples", ["1", "2"])
+def test_two_process_gloo_matches_update_freq_2(toy_data_bin, samples):
+    """2 workers x 1 batch == 1 worker x --update-freq 2: same weight samples, same statistics."""
+    common = [str(toy_data_bin), "--cpu", *TINY_TRANSFORMER_ARGS, *IVON, "--dropout", "0", "--max-tokens", "500",
+              "--max-update", "5", "--seed", "1", "--no-save", "--disable-validation", "--log-format", "simple",
+              "--log-interval", "1", "--no-progress-bar", "--ivon-mc-samples", samples, "--ivon-noise-interval", "2",
+              "--ivon-beta2", "0.99"]  # a Hessian that moves within 5 updates
+    port = str(_free_port())
+    workers = []
+    for rank in (0, 1):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
+                   OMP_NUM_THREADS="1")
+        workers.append(subprocess.Popen([str(BIN_DIR / "fairseq-train"), *common, "--distributed-backend", "gloo"],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out[-4000:]
+    assert "distributed_world_size': 2" in outputs[0]
+    distributed = train_inner(outputs[0])
+    single = train_inner(run_cli(["fairseq-train", *common, "--update-freq", "2"]).stdout)
+    assert sorted(distributed) == sorted(single) == list(range(1, 6))
+    for update in single:
+        for key in ("loss", "gnorm", "ivon_sigma", "wpb"):
+            assert float(distributed[update][key]) == pytest.approx(float(single[update][key]), abs=1.01e-3), (update, key)
+    # sigma moves with the Hessian, identically in both runs
+    assert distributed[5]["ivon_sigma"] == single[5]["ivon_sigma"] != single[1]["ivon_sigma"]
