@@ -3,12 +3,13 @@ import argparse
 import dataclasses
 import pickle
 import re
+import struct
 import subprocess
 
 import pytest
 import torch
 
-from tests.toy import REPO_ROOT, run_cli
+from tests.toy import REPO_ROOT, run_cli, train
 
 
 def test_setup_env_is_a_no_op_when_nothing_changed():
@@ -91,3 +92,30 @@ def test_user_dir_imports_the_plugin(user_dir):
             "import sys; assert 'labo_fairseq' in sys.modules; print('ok')")
     proc = run_cli(["python", "-c", code], cwd=REPO_ROOT)
     assert proc.stdout.strip().endswith("ok")
+
+
+def event_tags(path):
+    """Scalar tags in a TensorBoard event file (TFRecord framing: u64 length, u32 crc, data, u32 crc)."""
+    from tensorboardX.proto import event_pb2
+
+    data, tags, offset = path.read_bytes(), set(), 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+        tags.update(value.tag for value in event.summary.value)
+        offset += 12 + length + 4
+    return tags
+
+
+def test_tensorboard_logdir_records_q_entropy(toy_data_bin, tmp_path):
+    logdir = tmp_path / "tb"
+    proc = train(toy_data_bin, tmp_path / "ckpt", ["--user-dir", REPO_ROOT / "labo_fairseq",
+                                                    "--criterion", "label_smoothed_labo"],
+                 max_update=3, extra=["--tensorboard-logdir", logdir])
+    output = proc.stdout + proc.stderr
+    assert "Please install tensorboardX" not in output and "tensorboard not found" not in output
+    for split in ("train_inner", "valid"):
+        files = list((logdir / split).glob("events.out.tfevents.*"))
+        assert len(files) == 1, split
+        tags = event_tags(files[0])
+        assert {"loss", "nll_loss", "q_entropy"} <= tags, (split, tags)
