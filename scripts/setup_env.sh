@@ -89,12 +89,11 @@ if step_needed requirements "$key"; then
         pip_args=(-r "$tmp/requirements.txt" -c "$tmp/keep-torch.txt")
     else
         index=$(sed -n 's/^--extra-index-url[ =]*//p' "$requirements" | head -n 1)
-        if [[ -n $index && -z $offline ]] && ! "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$index" 2>/dev/null; then
-            # pip would retry the host for every package; torch must then come from pip's other sources
-            echo "[setup_env] $index cannot be reached: torch comes from pip's configured sources"
-            index=unreachable
+        if [[ -n $index && -z $offline ]] && "$PY" scripts/pinned_torch_is_local.py "$requirements"; then
+            echo "[setup_env] the pinned torch wheel is in pip's configured find-links: not using $index"
+            index=local
         fi
-        if [[ -n $offline || $index == unreachable ]]; then
+        if [[ -n $offline || $index == local ]]; then
             grep -v '^--extra-index-url' "$requirements" > "$tmp/requirements.txt"
             pip_args=(-r "$tmp/requirements.txt")
         fi

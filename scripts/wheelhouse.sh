@@ -35,8 +35,8 @@ PIP=("$PY" -m pip --disable-pip-version-check --quiet)
 
 reqs=$requirements
 index=$(sed -n 's/^--extra-index-url[ =]*//p' "$requirements" | head -n 1)
-if [[ -n $index ]] && ! "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$index" 2>/dev/null; then
-    echo "[wheelhouse] $index cannot be reached: torch comes from pip's configured sources"
+if [[ -n $index ]] && "$PY" "$(dirname "$0")/pinned_torch_is_local.py" "$requirements"; then
+    echo "[wheelhouse] the pinned torch wheel is in pip's configured find-links: not using $index"
     reqs=$(mktemp)
     trap 'rm -f "$reqs"' EXIT
     grep -v '^--extra-index-url' "$requirements" > "$reqs"
