@@ -8,7 +8,7 @@ A recipe is a small TOML file (see recipes/); every key is checked before anythi
     seeds = [1, 2, 3]
 
     [data]
-    prepare = ["bash", "{REPO}/data-prep/prepare-multi30k.sh", "--raw-dir", "{DATA_DIR}"]  # optional
+    prepare = ["labo-prepare", "multi30k", "--raw-dir", "{DATA_DIR}"]  # optional
     data_bin = "data/data-bin/multi30k.de-en"       # preparing is skipped when this exists
     train_target = "data/multi30k.de-en/train.en"    # long-tail frequencies (subworded text)
     subsets = ["test"]           # or "all": every test split of data_bin (test, test1, ...)
@@ -666,7 +666,7 @@ class OutputLock:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise RecipeError(f"{out_dir} is in use by another run_experiment.py; wait for it or choose another --out") from None
+            raise RecipeError(f"{out_dir} is in use by another experiment; wait for it or choose another --out") from None
 
     def release(self) -> None:
         self._file.close()
@@ -720,8 +720,8 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="run_experiment.py", description=__doc__,
+def main(argv=None, prog: str = "labo-experiment") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="recipe file (TOML), e.g. recipes/multi30k-cpu.toml")
     parser.add_argument("--out", help="experiment directory (default: runs/<recipe name>)")
@@ -738,10 +738,10 @@ def main(argv=None) -> int:
         recipe = load_recipe(args.recipe, args.data_dir)
         summary = run_experiment(recipe, Path(args.out or Path("runs") / recipe.name), args.only, args.jobs)
     except RecipeError as error:
-        print(f"run_experiment.py: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt):
-        print("run_experiment.py: interrupted; every child process was stopped. Run the same command again "
+        print(f"{prog}: interrupted; every child process was stopped. Run the same command again "
               "to resume.", file=sys.stderr)
         return 130
     print(format_summary(summary))

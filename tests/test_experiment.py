@@ -165,11 +165,14 @@ def test_only_names_are_checked(toy_data_bin, tmp_path):
     assert [r.name for r in select_runs(runs, ["ls-a0.1"], "r")] == ["ls-a0.1-seed1"]
 
 
-@pytest.mark.parametrize("recipe_name", ["multi30k-cpu", "iwslt14-de-en", "wmt14-en-de"])
+@pytest.mark.parametrize("recipe_name", ["multi30k-cpu", "multi30k-gpu", "iwslt14-de-en", "wmt14-en-de"])
 def test_shipped_recipes_load(recipe_name):
     recipe = load_recipe(REPO_ROOT / "recipes" / f"{recipe_name}.toml", data_dir="/nonexistent")
     assert {m.kind for m in recipe.methods} >= {"ls", "labo"}
     assert "--arch" in recipe.train_args
+    # data preparation through the installed console command, with a dataset it knows
+    from labo_fairseq.cli import DATASETS
+    assert recipe.prepare[0] == "labo-prepare" and recipe.prepare[1] in DATASETS
 
 
 def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_path):
@@ -330,7 +333,7 @@ def test_output_directory_is_locked_while_a_pipeline_uses_it(tmp_path):
     from labo_fairseq.experiment import OutputLock
 
     lock = OutputLock(tmp_path)
-    with pytest.raises(RecipeError, match="in use by another run_experiment.py"):
+    with pytest.raises(RecipeError, match="in use by another experiment"):
         OutputLock(tmp_path)
     lock.release()
     OutputLock(tmp_path).release()

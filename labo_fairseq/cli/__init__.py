@@ -88,7 +88,7 @@ def experiment(argv: Optional[Sequence[str]] = None, prog: str = "labo-experimen
     if argv and argv[0] in ("-h", "--help"):
         names = ", ".join(sorted(packaged_recipes()))
         print(f"Packaged recipes ({prog} NAME): {names}\n")
-    return module.main(argv)
+    return module.main(argv, prog=prog)
 
 
 COMMANDS = {"prepare": prepare, "evaluate": evaluate, "longtail": longtail, "report": report,
