@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import ivon
 import torch
 import torch.distributed as dist
 from fairseq.dataclass import FairseqDataclass
@@ -131,6 +130,11 @@ class FairseqIVON(FairseqOptimizer):
         _check_flags(cfg)
         self.mc_samples = int(cfg.ivon_mc_samples)
         self.ess_given = cfg.ivon_ess is not None
+        try:
+            # imported here so that the plugin's other parts load without the optional package
+            import ivon
+        except ImportError:
+            raise IvonFlagError("--optimizer ivon needs the ivon-opt package: pip install ivon-opt==0.1.3") from None
         # IVON's own `sync` all-reduces its sample averages in step(); here fairseq's data
         # parallelism reduces the gradients and `all_reduce_grads` the rest, so it stays off.
         self._optimizer = ivon.IVON(
