@@ -1,6 +1,7 @@
 """Moses text processing (tokenizer.perl, lowercase.perl, normalize-punctuation.perl,
-remove-non-printing-char.perl, clean-corpus-n.perl) on top of sacremoses, with the Perl behaviour
-restored where sacremoses 0.1.1 differs on the rules used here.
+remove-non-printing-char.perl, clean-corpus-n.perl): tokenisation on top of sacremoses with the Perl
+behaviour restored where sacremoses 0.1.1 differs; punctuation normalisation restated from the Perl
+script.
 
 Known remaining differences from the Perl scripts are listed in MOSES_DIFFERENCES.
 """
@@ -8,13 +9,16 @@ import re
 from collections import Counter
 
 import regex
-from sacremoses import MosesPunctNormalizer, MosesTokenizer
+from sacremoses import MosesTokenizer
 
 from .common import PrepError, read_lines
 
 MOSES_DIFFERENCES = """\
 - whitespace-only input lines: tokenizer.perl prints them unchanged, we print an empty line
   (clean-corpus-n drops both; in test sets fairseq-preprocess reads both as empty).
+- a file's last line without a final newline: normalize-punctuation.perl (languages other than en
+  and cs) then leaves a period inside closing quotes at the end of that line; we treat every line
+  as newline-terminated and move it ('a "b."' -> 'a "b".'), as Perl does on all other lines.
 - Unicode tables: character classes (IsAlpha, IsN, IsLower...) come from sacremoses' perluniprops
   snapshot, Perl uses its own Unicode version; characters added in between can tokenise differently.
 - Python's \\s matches U+001C..U+001F (Perl deletes those as control characters); we delete them first,
@@ -27,26 +31,98 @@ _PY_ONLY_SPACE_CONTROLS = {c: None for c in range(0x1C, 0x20)}
 
 
 class PerlTokenizer(MosesTokenizer):
-    """sacremoses' MosesTokenizer with tokenizer.perl's handling of a sentence-final period.
+    """sacremoses' MosesTokenizer with tokenizer.perl's non-breaking-prefix (word-final period) rule.
 
-    tokenizer.perl always splits the period off the last word ("split last words independently as
-    they are unlikely to be non-breaking prefixes"): "in the U.S." -> "in the U.S ."; sacremoses 0.1.1
-    keeps "U.S." and any known prefix ("usw.", "etc.") joined when it is the last word.
+    sacremoses 0.1.1 keeps a known prefix ("usw.", "U.S.") joined when it is the last word, where
+    tokenizer.perl always splits the last word's period ("in the U.S." -> "in the U.S ."). Its
+    other period rules match Perl's, so the whole rule is restated here as Perl has it.
     """
 
+    def __init__(self, lang="en"):
+        super().__init__(lang=lang)
+        # Perl's %NONBREAKING_PREFIX: 1 = always non-breaking, 2 = only before a number
+        self._prefixes = {p: 1 for p in self.NONBREAKING_PREFIXES if not self.has_numeric_only(p)}
+        self._prefixes.update({p: 2 for p in self.NUMERIC_ONLY_PREFIXES})
+        self._lower = frozenset(self.IsLower)
+        self._alpha = frozenset(self.IsAlpha)
+
     def handles_nonbreaking_prefixes(self, text):
-        tokens = text.split()
-        if tokens and tokens[-1].endswith(".") and len(tokens[-1]) > 1:
-            last = tokens.pop()
-            text = super().handles_nonbreaking_prefixes(" ".join(tokens))
-            return f"{text} {last[:-1]} ." if text else f"{last[:-1]} ."
-        return super().handles_nonbreaking_prefixes(text)
+        # Perl splits on each single space (a double space gives an empty word, which is never
+        # lowercase) and drops trailing empty fields, which decides what the last word is.
+        words = text.rstrip(" ").split(" ")
+        last = len(words) - 1
+        for i, word in enumerate(words):
+            if len(word) < 2 or not word.endswith("."):
+                continue
+            prefix = word[:-1]
+            if i == last:
+                words[i] = prefix + " ."  # "unlikely to be a non-breaking prefix"
+                continue
+            following = words[i + 1]
+            if ("." in prefix and not self._alpha.isdisjoint(prefix)) or self._prefixes.get(prefix) == 1 \
+                    or following[:1] in self._lower:
+                continue  # "now. crazy" stays: Perl keeps the period before a lowercase word
+            if self._prefixes.get(prefix) == 2 and following[:1].isascii() and following[:1].isdigit():
+                continue
+            words[i] = prefix + " ."
+        return " ".join(words)
 
     def tokenize_line(self, line, aggressive=False, escape=True):
         line = line.translate(_PY_ONLY_SPACE_CONTROLS)
         if not line.strip():
             return ""
         return self.tokenize(line, aggressive_dash_splits=aggressive, return_str=True, escape=escape)
+
+
+_NBSP = "\u00a0"
+# normalize-punctuation.perl reads bytes (no utf8 layer), so \d and \s are ASCII-only there.
+_D, _S = "[0-9]", "[ \t\n\x0b\f\r]"
+
+
+def _compile(rules):
+    return [(re.compile(pattern), replacement) for pattern, replacement in rules]
+
+
+# normalize-punctuation.perl's substitutions in its order (without -penn).
+_NORMALIZE_RULES = _compile([
+    (r"\r", ""),
+    (r"\(", " ("), (r"\)", ") "), (r" +", " "),
+    (r"\) ([.!:?;,])", r")\1"), (r"\( ", "("), (r" \)", ")"),
+    (f"({_D}) %", r"\1%"), (r" :", ":"), (r" ;", ";"),
+    (r"`", "'"), (r"''", ' " '),
+    ("„", '"'), ("“", '"'), ("”", '"'), ("–", "-"), ("—", " - "), (r" +", " "),
+    ("´", "'"),
+    ("([a-zA-Z])‘([a-zA-Z])", r"\1'\2"), ("([a-zA-Z])’([a-zA-Z])", r"\1'\2"),
+    ("‘", "'"), ("‚", "'"), ("’", '"'),  # sic: Perl turns a remaining ’ into a double quote
+    ("''", '"'), ("´´", '"'), ("…", "..."),
+    (f"{_NBSP}«{_NBSP}", ' "'), (f"«{_NBSP}", '"'), ("«", '"'),
+    (f"{_NBSP}»{_NBSP}", '" '), (f"{_NBSP}»", '"'), ("»", '"'),
+    (f"{_NBSP}%", "%"), (f"nº{_NBSP}", "nº "), (f"{_NBSP}:", ":"), (f"{_NBSP}ºC", " ºC"),
+    (f"{_NBSP}cm", " cm"), (f"{_NBSP}\\?", "?"), (f"{_NBSP}!", "!"), (f"{_NBSP};", ";"),
+    (f",{_NBSP}", ", "), (r" +", " "),
+])
+_QUOTE_RULES = {
+    "en": _compile([(r'"([,.]+)', r'\1"')]),
+    "cs": [], "cz": [],
+    # every other language: German/Spanish/French style
+    None: _compile([(r',"', '",'), (f'(\\.+)"({_S}*[^<])', r'"\1\2')]),
+}
+_DECIMAL_COMMA = ("de", "es", "cz", "cs", "fr")
+_DIGIT_NBSP_DIGIT = re.compile(f"({_D}){_NBSP}({_D})")
+
+
+def normalize_punctuation(line, lang):
+    """normalize-punctuation.perl -l lang for one line (without its newline).
+
+    Perl applies the rules to the line with its newline, so the "don't fix period at end of
+    sentence" rule does not hold there: for German '... Hochzeit."' it gives '... Hochzeit".'.
+    The newline is added here to do the same. Perl also keeps leading and trailing spaces.
+    """
+    text = line + "\n"
+    for pattern, replacement in _NORMALIZE_RULES + _QUOTE_RULES.get(lang, _QUOTE_RULES[None]):
+        text = pattern.sub(replacement, text)
+    text = _DIGIT_NBSP_DIGIT.sub(r"\1,\2" if lang in _DECIMAL_COMMA else r"\1.\2", text)
+    return text[:-1] if text.endswith("\n") else text
 
 
 def lowercase(line):
@@ -77,7 +153,7 @@ class MosesPipeline:
             raise ValueError(f"unknown steps {unknown}")
         self.lang = lang
         self.steps = tuple(steps)
-        self._tokenizer = self._normalizer = None
+        self._tokenizer = None
 
     def __getstate__(self):
         return {"lang": self.lang, "steps": self.steps}
@@ -92,10 +168,7 @@ class MosesPipeline:
             elif step == "apostrophe":
                 line = line.replace("’", "'")
             elif step == "normalize":
-                if self._normalizer is None:
-                    # penn=True in sacremoses means Perl's default (non -penn) quote handling.
-                    self._normalizer = MosesPunctNormalizer(lang=self.lang, penn=True, perl_parity=True)
-                line = self._normalizer.normalize(line)
+                line = normalize_punctuation(line, self.lang)
             elif step == "remove-non-printing":
                 line = remove_non_printing(line)
             else:

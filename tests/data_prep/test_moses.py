@@ -29,6 +29,20 @@ KNOWN = [
     ("de", "Die Nr. 5 ist da.", "Die Nr. 5 ist da ."),
     ("de", "das zwei-, drei-, bis 400-fache", "das zwei- , drei- , bis 400-fache"),
     ("de", "„Hallo“, sagte er.", "„ Hallo “ , sagte er ."),
+    # A period stays before a word starting with a lowercase letter (all of it in lowercased text);
+    # only the last word's period is always split.
+    ("en", "three years, and we can't do that now. crazy.", "three years , and we can &apos;t do that now. crazy ."),
+    ("en", "audience: six. six.", "audience : six. six ."),
+    ("en", "a man in front of a prince st. cafe.", "a man in front of a prince st. cafe ."),
+    ("en", "with dr. batiuk. ok.", "with dr. batiuk. ok ."),
+    ("en", "foo. (bar) baz.", "foo . ( bar ) baz ."),
+    ("en", 'He said "ok." then left.', "He said &quot; ok . &quot; then left ."),
+    # numeric-only prefixes keep their period only before a number
+    ("en", "It is No. 5, not No. Six.", "It is No. 5 , not No . Six ."),
+    ("en", "The U.S. and the U.K.", "The U.S. and the U.K ."),
+    ("de", "nicht akzeptabel. nepriemliv.", "nicht akzeptabel. nepriemliv ."),
+    ("de", "ein mann vor einem prince st. cafe.", "ein mann vor einem prince st. cafe ."),
+    ("de", "Seite 5. Absatz.", "Seite 5. Absatz ."),
 ]
 
 
@@ -46,6 +60,39 @@ def test_normalize_punctuation_and_non_printing():
     normalise = MosesPipeline("en", ["normalize", "remove-non-printing"])
     assert normalise(["He said «hello» – twice…", "a\u200bb"]) == ['He said "hello" - twice...', "a b"]
     assert remove_non_printing("x\x07y") == "x y"
+
+
+# input, then normalize-punctuation.perl -l de / -l en / -l cs output (from running Perl)
+NORMALIZE_KNOWN = [
+    # Perl sees each line with its newline, so its "don't fix period at end of sentence" exception
+    # never applies: in German a final period always leaves the closing quotes.
+    ("Ein Schild: „Wir sind alle Arbeitnehmer.“", 'Ein Schild: "Wir sind alle Arbeitnehmer".',
+     'Ein Schild: "Wir sind alle Arbeitnehmer."', 'Ein Schild: "Wir sind alle Arbeitnehmer."'),
+    ('"Zwei Personen spielen."', '"Zwei Personen spielen".', '"Zwei Personen spielen."', '"Zwei Personen spielen."'),
+    ('Er sagte "ja." und ging.', 'Er sagte "ja". und ging.', 'Er sagte "ja." und ging.', 'Er sagte "ja." und ging.'),
+    ('Text "a." <b>', 'Text "a". <b>', 'Text "a." <b>', 'Text "a." <b>'),
+    ('Er sagte "Hallo", dann "Tschüss"...', 'Er sagte "Hallo", dann "Tschüss"...',
+     'Er sagte "Hallo," dann "Tschüss..."', 'Er sagte "Hallo", dann "Tschüss"...'),
+    ("1\u00a0000 Euro", "1,000 Euro", "1.000 Euro", "1,000 Euro"),
+    ("\u0663\u00a0\u0663", "\u0663\u00a0\u0663", "\u0663\u00a0\u0663", "\u0663\u00a0\u0663"),  # ASCII digits only
+    ("Levi‘s und x ’ y", "Levi's und x \" y", "Levi's und x \" y", "Levi's und x \" y"),  # sic: ’ -> "
+    ("«\u00a0bonjour\u00a0»", '"bonjour"', '"bonjour"', '"bonjour"'),
+    (" a ( b ) , c ", " a (b), c ", " a (b), c ", " a (b), c "),  # outer spaces are kept
+    ("a ``b'' c", 'a " b " c', 'a " b " c', 'a " b " c'),
+]
+
+
+@pytest.mark.parametrize("raw,de,en,cs", NORMALIZE_KNOWN)
+def test_normalize_matches_normalize_punctuation_perl(raw, de, en, cs):
+    for lang, expected in (("de", de), ("en", en), ("cs", cs)):
+        assert MosesPipeline(lang, ["normalize"])([raw]) == [expected], lang
+
+
+def test_multi30k_pipeline_on_quotes_and_lowercased_prefixes():
+    """lowercase -> normalize -> tokenize, as prepare-multi30k runs it (outputs from the Perl scripts)."""
+    pipeline = MosesPipeline("de", ["lowercase", "normalize", "tokenize"])
+    assert pipeline(['"Zwei Männer spielen in einer Wasserfontäne."', "Ein Mann vor einem Prince St. Cafe."]) == [
+        "&quot; zwei männer spielen in einer wasserfontäne &quot; .", "ein mann vor einem prince st. cafe ."]
 
 
 def test_lowercase_like_perl_lc():
