@@ -34,6 +34,12 @@ A recipe is a small TOML file (see recipes/); every key is checked before anythi
     kind = "tsla"                # smoothing only for the first `stop_update` updates
     stop_update = 3000
     tau = 1.25                   # LABO's tau, or "inf" for two-stage *uniform* smoothing
+    [[methods]]
+    kind = "ivon"                # IVON (variational learning): --task translation_ivon
+    criterion = "ce"             # --optimizer ivon, with cross-entropy, "ls" or "labo" on top
+    lr = 0.2                     # required: IVON's lr has its own scale; optional: mc_samples,
+                                 # ess, hess_init. The [train] optimizer flags (--optimizer,
+                                 # --adam-*, --lr) and --fp16/--bf16/--amp are dropped for it.
 
 Methods may also carry `label` (the name in tables) and `args` (extra fairseq-train flags).
 Strings may use {DATA_DIR} (the --data-dir option or $DATA_DIR) and {REPO} (this checkout).
@@ -73,7 +79,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(__file__).resolve().parent  # fairseq's --user-dir, in a checkout or installed
 PYTHON_BIN = Path(sys.executable).parent
 TRAIN_DONE = "train.done"
-METHOD_KINDS = ("ls", "labo", "tsla")
+METHOD_KINDS = ("ls", "labo", "tsla", "ivon")
+IVON_CRITERIA = ("ce", "ls", "labo")
 CHECKPOINT_POLICIES = ("last", "average", "best")
 BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
 
@@ -81,7 +88,8 @@ RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods"}
 DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets"}
 TRAIN_KEYS = {"args", "average_last"}
 EVALUATE_KEYS = {"beam", "lenpen", "batch_size", "cpu", "longtail_level", "checkpoint", "average_last"}
-METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args"}
+METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args", "criterion", "lr", "mc_samples",
+               "ess", "hess_init"}
 
 
 class RecipeError(ValueError):
@@ -99,6 +107,7 @@ class Method:
     label: str   # shown in tables, e.g. "LABO α=0.1 τ=1.25"
     criterion_args: List[str]
     params: Dict[str, object] = field(default_factory=dict)
+    own_optimizer: bool = False  # IVON: the recipe's optimizer and precision flags do not apply
 
 
 @dataclass
@@ -178,6 +187,9 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
         label = entry.get("label")
         if label is not None and not isinstance(label, str):
             raise RecipeError(f"{here}.label must be a string, got {label!r}")
+        if kind == "ivon":
+            methods += _ivon_methods(entry, here, alphas, extra, label)
+            continue
         if kind == "ls":
             for alpha in alphas:
                 methods.append(Method("ls", f"ls-a{_fmt(alpha)}", label or f"LS α={_fmt(alpha)}",
@@ -212,6 +224,69 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
     if not methods:
         raise RecipeError(f"{where}: no [[methods]]")
     return methods
+
+
+def _ivon_methods(entry: dict, here: str, alphas: List[float], extra: List[str], label: Optional[str]) -> List[Method]:
+    """kind = "ivon": fairseq-train with --task translation_ivon --optimizer ivon, and
+    cross-entropy, label smoothing or LABO as the criterion; a list of lr gives one method each."""
+    criterion = entry.get("criterion", "ce")
+    if criterion not in IVON_CRITERIA:
+        raise RecipeError(f"{here}.criterion must be one of {', '.join(IVON_CRITERIA)}, got {criterion!r}")
+    if "lr" not in entry:
+        raise RecipeError(f"{here} (ivon) needs lr: IVON's learning rate has another scale than Adam's")
+    lrs = _number_list(entry, "lr", None, here, lambda v: v > 0.0, "a number > 0")
+    mc = entry.get("mc_samples", 1)
+    if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
+        raise RecipeError(f"{here}.mc_samples must be an integer >= 1, got {mc!r}")
+    ivon_flags = ["--ivon-mc-samples", str(mc)]
+    params: Dict[str, object] = {"criterion": criterion, "mc_samples": mc}
+    for key, flag in (("ess", "--ivon-ess"), ("hess_init", "--ivon-hess-init")):
+        if key in entry:
+            (value,) = _number_list(entry, key, None, here, lambda v: v > 0.0, "a number > 0")
+            ivon_flags += [flag, _fmt(value)]
+            params[key] = value
+    if criterion == "ce":
+        settings = [("ivon-ce", "CE", ["--criterion", "cross_entropy"], {})]
+    elif criterion == "ls":
+        settings = [(f"ivon-ls-a{_fmt(a)}", f"LS α={_fmt(a)}",
+                     ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _fmt(a)], {"label_smoothing": a})
+                    for a in alphas]
+    else:
+        taus = _number_list(entry, "tau", 1.25, here, lambda t: t > 0.0, 'a number > 0 or "inf"')
+        settings = [(f"ivon-labo-a{_fmt(a)}-tau{_fmt(t)}", f"LABO α={_fmt(a)} τ={_fmt(t)}",
+                     _labo_args(a, t)[2:],  # --user-dir comes with the task below
+                     {"label_smoothing": a, "tau": _fmt(t)}) for a in alphas for t in taus]
+    samples = f", {mc} samples" if mc > 1 else ""
+    return [Method("ivon", f"{name}-lr{_fmt(lr)}" + (f"-mc{mc}" if mc > 1 else ""),
+                   label or f"IVON + {smoothing} (lr {_fmt(lr)}{samples})",
+                   ["--user-dir", str(PACKAGE_DIR), "--task", "translation_ivon", "--optimizer", "ivon",
+                    "--lr", _fmt(lr), *ivon_flags, *crit, *extra],
+                   {**params, "lr": lr, **crit_params}, own_optimizer=True)
+            for lr in lrs for name, smoothing, crit, crit_params in settings]
+
+
+# flags of the recipe's common training arguments that a method with its own optimizer drops:
+# (flag or prefix, takes a value)
+OPTIMIZER_FLAGS = (("--optimizer", True), ("--lr", True), ("--adam-", True), ("--use-old-adam", False),
+                   ("--fp16", False), ("--bf16", False), ("--amp", False), ("--memory-efficient-fp16", False),
+                   ("--memory-efficient-bf16", False))
+
+
+def without_optimizer_flags(args: Sequence[str]) -> List[str]:
+    """`args` without the optimizer and precision flags (and their values)."""
+    out, skip_value = [], False
+    for word in args:
+        if skip_value and not word.startswith("--"):
+            skip_value = False
+            continue
+        skip_value = False
+        match = next(((f, v) for f, v in OPTIMIZER_FLAGS if word == f or (f.endswith("-") and word.startswith(f))),
+                     None)
+        if match is None:
+            out.append(word)
+        else:
+            skip_value = match[1]
+    return out
 
 
 def _substitute(value: str, variables: Dict[str, str], where: str) -> str:
@@ -348,7 +423,8 @@ def select_runs(runs: Sequence[RunPlan], only: Optional[Sequence[str]], where: s
 
 
 def train_command(recipe: Recipe, run: RunPlan) -> List[str]:
-    return [str(PYTHON_BIN / "fairseq-train"), str(recipe.data_bin), *recipe.train_args,
+    common = without_optimizer_flags(recipe.train_args) if run.method.own_optimizer else recipe.train_args
+    return [str(PYTHON_BIN / "fairseq-train"), str(recipe.data_bin), *common,
             *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints)]
 
 

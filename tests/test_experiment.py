@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from labo_fairseq.experiment import (RecipeError, checkpoint_description, describe_command_change,
-                                     expand_methods, load_recipe, plan_runs, select_runs)
+                                     expand_methods, load_recipe, plan_runs, select_runs, without_optimizer_flags)
 from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli
 
 def tiny_train_args(max_update, save_every):
@@ -114,6 +114,41 @@ def test_lists_of_tau_and_label_smoothing_expand_to_a_grid():
     assert methods[2].label == "LABO α=0.3 τ=1.25"
     ls = expand_methods([{"kind": "ls", "label_smoothing": [0.1, 0.2]}], "recipe")
     assert [m.name for m in ls] == ["ls-a0.1", "ls-a0.2"]
+
+
+def test_ivon_methods_bring_their_own_optimizer():
+    methods = expand_methods([{"kind": "ivon", "lr": [0.5, 2]},
+                              {"kind": "ivon", "criterion": "labo", "lr": 1, "mc_samples": 2, "tau": [1.25, 2.0]}],
+                             "recipe")
+    assert [m.name for m in methods] == ["ivon-ce-lr0.5", "ivon-ce-lr2", "ivon-labo-a0.1-tau1.25-lr1-mc2",
+                                         "ivon-labo-a0.1-tau2-lr1-mc2"]
+    assert methods[0].label == "IVON + CE (lr 0.5)"
+    methods = methods[:1] + methods[2:]
+    assert methods[1].criterion_args[methods[1].criterion_args.index("--optimizer") + 1] == "ivon"
+    assert "--task" in methods[0].criterion_args and methods[0].criterion_args[-1] == "cross_entropy"
+    assert methods[1].params == {"criterion": "labo", "lr": 1.0, "mc_samples": 2, "label_smoothing": 0.1,
+                                 "tau": "1.25"}
+    assert methods[1].criterion_args.count("--user-dir") == 1
+    common = ["--arch", "t", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "7e-4", "--fp16",
+              "--clip-norm", "0.0"]
+    assert without_optimizer_flags(common) == ["--arch", "t", "--clip-norm", "0.0"]
+    with pytest.raises(RecipeError, match="needs lr"):
+        expand_methods([{"kind": "ivon"}], "recipe")
+    with pytest.raises(RecipeError, match=r"criterion must be one of ce, ls, labo"):
+        expand_methods([{"kind": "ivon", "lr": 1, "criterion": "tsla"}], "recipe")
+
+
+def test_ivon_run_trains_with_ivon_instead_of_the_recipes_optimizer(toy_data_bin, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "ivon"\nlr = 1.0\n', max_update=4)
+    out = tmp_path / "exp"
+    run_experiment(recipe, out)
+    run_dir = out / "ivon-ce-lr1-seed1"
+    command = json.loads((run_dir / "run.json").read_text())["train_command"]
+    assert command.count("--optimizer") == 1 and command[command.index("--optimizer") + 1] == "ivon"
+    assert command[command.index("--lr") + 1] == "1" and command.count("--lr") == 1
+    log = (run_dir / "train.log").read_text()
+    assert "ivon_sigma" in log and "num_updates 4" in log
+    assert (run_dir / "eval" / "test" / "scores.json").exists()
 
 
 @pytest.mark.parametrize("text,message", [
