@@ -1,6 +1,7 @@
 """Helpers shared by tests that drive the real command-line tools on a tiny synthetic task."""
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,26 @@ def train(data_bin: Path, save_dir: Path, criterion_args, max_update=10, extra=(
             "--log-format", "simple", "--log-interval", "1", "--no-progress-bar",
             *([] if epoch_checkpoints else ["--no-epoch-checkpoints"]), *criterion_args, *extra]
     return run_cli(args, cwd=cwd)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_two_gloo_workers(args, timeout=300):
+    """Runs `fairseq-train ARGS --distributed-backend gloo` as 2 local processes (ranks 0 and 1);
+    asserts both succeed and returns their outputs."""
+    port = str(free_port())
+    workers = []
+    for rank in (0, 1):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
+                   OMP_NUM_THREADS="1")
+        workers.append(subprocess.Popen([str(BIN_DIR / "fairseq-train"), *map(str, args), "--distributed-backend", "gloo"],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [w.communicate(timeout=timeout)[0] for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out[-4000:]
+    assert "distributed_world_size': 2" in outputs[0]
+    return outputs

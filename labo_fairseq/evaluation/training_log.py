@@ -17,6 +17,20 @@ _SIMPLE = re.compile(r"\| valid on '(?P<subset>[^']+)' subset \| (?P<stats>.*)$"
 _JSON = re.compile(r"\| INFO \| (?P<subset>[^|{}]+?) \| (?P<stats>\{.*\})\s*$")
 
 
+def _numeric_entry(stats: dict):
+    """The numeric fields of one log line, with an integer num_updates; None without it."""
+    entry = {}
+    for key, value in stats.items():
+        try:
+            entry[key] = float(value)
+        except (TypeError, ValueError):
+            pass
+    if "num_updates" not in entry:
+        return None
+    entry["num_updates"] = int(entry["num_updates"])
+    return entry
+
+
 def parse_valid_lines(text: str, subset: str = "valid") -> List[dict]:
     """[{"num_updates": int, "loss": float, "nll_loss": float, "ppl": float, ...}] in log order,
     for the validation subset `subset`; non-numeric fields are dropped."""
@@ -40,14 +54,8 @@ def parse_valid_lines(text: str, subset: str = "valid") -> List[dict]:
             stats = {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
             if "epoch" in record:
                 stats.setdefault("epoch", record["epoch"])
-        entry = {}
-        for key, value in stats.items():
-            try:
-                entry[key] = float(value)
-            except (TypeError, ValueError):
-                pass
-        if "num_updates" in entry:
-            entry["num_updates"] = int(entry["num_updates"])
+        entry = _numeric_entry(stats)
+        if entry is not None:
             entries.append(entry)
     return entries
 
@@ -82,14 +90,8 @@ def parse_train_lines(text: str) -> List[dict]:
                 stats = json.loads(as_json.group("stats"))
             except json.JSONDecodeError:
                 continue
-        entry = {}
-        for key, value in stats.items():
-            try:
-                entry[key] = float(value)
-            except (TypeError, ValueError):
-                pass
-        if "num_updates" in entry:
-            entry["num_updates"] = int(entry["num_updates"])
+        entry = _numeric_entry(stats)
+        if entry is not None:
             entries.append(entry)
     return entries
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._streaming import RowAccumulator, RowResults, finalize, grad_block, grad_from_exps
-from .params import LaboParams, compute_dtype, function_outputs, scale_grad_, spans, take_precomputed_grads
+from .params import LaboParams, compute_dtype, function_outputs, spans, take_precomputed_grads
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,9 @@
 """`fairseq-train --user-dir labo_fairseq --criterion label_smoothed_labo` through the real CLIs."""
-import os
 import re
-import socket
-import subprocess
 
 import pytest
 
-from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train
+from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train, train_two_gloo_workers
 
 USER_DIR = str(REPO_ROOT / "labo_fairseq")
 LABO = ["--user-dir", USER_DIR, "--criterion", "label_smoothed_labo"]
@@ -68,28 +65,12 @@ def test_generate_from_a_labo_checkpoint(toy_data_bin, tmp_path):
     assert "BLEU4 = " in proc.stdout
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_data_parallel_matches_single_process(toy_data_bin, tmp_path):
     """2 workers x 1 batch per update == 1 worker x update-freq 2 over the same batches."""
     common = [str(toy_data_bin), "--cpu", *TINY_TRANSFORMER_ARGS, "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
               "--max-tokens", "500", "--max-update", "6", "--seed", "1", "--no-save", "--disable-validation",
               "--log-format", "simple", "--log-interval", "1", "--no-progress-bar", *LABO]
-    port = str(_free_port())
-    workers = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
-                   OMP_NUM_THREADS="1")
-        workers.append(subprocess.Popen([str(BIN_DIR / "fairseq-train"), *common, "--distributed-backend", "gloo"],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    for w, out in zip(workers, outputs):
-        assert w.returncode == 0, out[-4000:]
-    assert "distributed_world_size': 2" in outputs[0]
+    outputs = train_two_gloo_workers(common)
     distributed = train_inner(outputs[0])
     single = train_inner(run_cli(["fairseq-train", *common, "--update-freq", "2"]).stdout)
     assert sorted(distributed) == sorted(single) == list(range(1, 7))

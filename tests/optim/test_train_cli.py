@@ -1,11 +1,9 @@
 """`fairseq-train --task translation_ivon --optimizer ivon` through the real CLIs."""
-import os
-import subprocess
 
 import pytest
 
-from tests.criterions.test_train_cli import _free_port, train_inner
-from tests.toy import BIN_DIR, REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli
+from tests.criterions.test_train_cli import train_inner
+from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train_two_gloo_workers
 
 USER_DIR = str(REPO_ROOT / "labo_fairseq")
 IVON = ["--user-dir", USER_DIR, "--task", "translation_ivon", "--optimizer", "ivon", "--lr", "0.1"]
@@ -76,17 +74,7 @@ def test_two_process_gloo_matches_update_freq_2(toy_data_bin, samples):
               "--max-update", "5", "--seed", "1", "--no-save", "--disable-validation", "--log-format", "simple",
               "--log-interval", "1", "--no-progress-bar", "--ivon-mc-samples", samples, "--ivon-noise-interval", "2",
               "--ivon-beta2", "0.99"]  # a Hessian that moves within 5 updates
-    port = str(_free_port())
-    workers = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
-                   OMP_NUM_THREADS="1")
-        workers.append(subprocess.Popen([str(BIN_DIR / "fairseq-train"), *common, "--distributed-backend", "gloo"],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    for w, out in zip(workers, outputs):
-        assert w.returncode == 0, out[-4000:]
-    assert "distributed_world_size': 2" in outputs[0]
+    outputs = train_two_gloo_workers(common)
     distributed = train_inner(outputs[0])
     single = train_inner(run_cli(["fairseq-train", *common, "--update-freq", "2"]).stdout)
     assert sorted(distributed) == sorted(single) == list(range(1, 6))
