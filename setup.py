@@ -67,6 +67,7 @@ setup(
             "labo-longtail = labo_fairseq.cli:longtail",
             "labo-report = labo_fairseq.cli:report",
             "labo-experiment = labo_fairseq.cli:experiment",
+            "labo-bench = labo_fairseq.cli:bench",
         ],
     },
 )

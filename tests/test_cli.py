@@ -11,7 +11,7 @@ from labo_fairseq.data_prep import common, iwslt14, multi30k, wmt14
 from labo_fairseq.evaluation import evaluate
 from tests.toy import BIN_DIR, REPO_ROOT, run_cli
 
-COMMANDS = ["labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment"]
+COMMANDS = ["labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -33,6 +33,15 @@ def test_prepare_unknown_dataset_is_one_line_error():
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert errors == ["labo-prepare: error: unknown dataset 'europarl' (choose from iwslt14, wmt14, multi30k)"]
+
+
+@pytest.mark.parametrize("benchmark", cli.BENCHMARKS)
+def test_bench_subcommands(benchmark):
+    proc = run_cli(["labo-bench", benchmark, "--help"])
+    assert proc.stdout.startswith(f"usage: labo-bench {benchmark} ")
+    bad = run_cli(["labo-bench", "speed"], check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "labo-bench: error: unknown benchmark 'speed'")
 
 
 def test_prepare_errors_name_the_command(tmp_path):

@@ -69,7 +69,7 @@ def test_wheel_has_commands_recipes_and_dependency_bounds(wheel):
     for recipe in ("multi30k-cpu", "multi30k-gpu", "iwslt14-de-en", "wmt14-en-de"):
         assert f"labo_fairseq/recipes/{recipe}.toml" in names
     assert "labo_fairseq/cli/__init__.py" in names and "labo_fairseq/evaluation/evaluate.py" in names
-    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment"):
+    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"):
         assert f"{command} = labo_fairseq.cli:" in entry_points
     requires = [line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist: ")]
     assert "torch>=2.1" in requires  # a lower bound: any installed build (CUDA or CPU) satisfies it
@@ -150,7 +150,7 @@ def test_installed_wheel_runs_the_pipeline(own_torch_env, wheel, toy_data_bin, t
     where = run([python, "-c", "import labo_fairseq; print(labo_fairseq.__file__)"], cwd=tmp_path).stdout.strip()
     assert where.startswith(str(venv)) and "site-packages" in where  # not the checkout
     env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
-    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment"):
+    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"):
         assert "usage:" in run([bin_dir / command, "--help"], env=env, cwd=tmp_path).stdout
     assert "multi30k-cpu" in run([bin_dir / "labo-experiment", "--help"], env=env, cwd=tmp_path).stdout
     recipe = write_recipe(tmp_path / "recipe.toml", toy_data_bin)

@@ -7,6 +7,7 @@ around `python -m labo_fairseq.cli COMMAND`.
     labo-longtail ...                           rare-word accuracy (labo_fairseq.evaluation.longtail)
     labo-report RUN_DIR... --out DIR            comparison report (labo_fairseq.evaluation.report)
     labo-experiment RECIPE ...                  the whole pipeline (labo_fairseq.experiment)
+    labo-bench {loss,train} ...                 benchmarks (labo_fairseq.benchmarks)
 
 Each function takes argv (default: sys.argv[1:]) and the program name shown in messages, and
 returns the exit status.
@@ -91,5 +92,23 @@ def experiment(argv: Optional[Sequence[str]] = None, prog: str = "labo-experimen
     return module.main(argv, prog=prog)
 
 
+BENCHMARKS = ("loss", "train")
+
+
+def bench(argv: Optional[Sequence[str]] = None, prog: str = "labo-bench") -> int:
+    argv = _argv(argv)
+    usage = f"usage: {prog} {{{','.join(BENCHMARKS)}}} [options]   ({prog} BENCHMARK --help for the options)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\nloss: the loss op against fairseq's label smoothing (and peer kernels on CUDA); "
+              "train: fairseq-train words/s and peak memory, LS vs LABO.", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in BENCHMARKS:
+        print(f"{usage}\n{prog}: error: unknown benchmark {argv[0]!r} (choose from {', '.join(BENCHMARKS)})",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"labo_fairseq.benchmarks.{argv[0]}")
+    return module.main(argv[1:], prog=f"{prog} {argv[0]}") or 0
+
+
 COMMANDS = {"prepare": prepare, "evaluate": evaluate, "longtail": longtail, "report": report,
-            "experiment": experiment}
+            "experiment": experiment, "bench": bench}

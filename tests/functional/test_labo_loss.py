@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from labo_fairseq.functional import (LaboStats, labo_cross_entropy, labo_cross_entropy_reference,
                                      labo_linear_cross_entropy)
 
-from tests.functional.common import F64, PAD
+from tests.functional.common import DEVICE, F64, PAD
 from tests.functional.common import make_inputs as _inputs
 
 
@@ -386,3 +386,25 @@ def test_minus_inf_non_gold_logit_gives_the_finite_loss():
     eye = torch.eye(9, dtype=F64)
     loss, _ = labo_linear_cross_entropy(logits.clamp(min=-1e300), eye, target, 0.3, 0.5, reduction="none")
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_logits_at_the_edge_of_float32_never_give_nan(impl):
+    if impl == "triton":
+        pytest.importorskip("triton")
+    device = DEVICE if impl == "triton" else "cpu"
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0)) * 1e38
+    logits[0, 1], logits[0, 2], logits[1, 0] = 3e38, -3e38, 3.3e38
+    logits = logits.to(device).requires_grad_()
+    target = torch.tensor([1, 2, 3], device=device)
+    for tau in (0.5, 1.0, math.inf):
+        loss, _ = labo_cross_entropy(logits, target, 0.1, tau, reduction="none", impl=impl)
+        (grad,) = torch.autograd.grad(loss.sum(), logits)
+        ref, _ = labo_cross_entropy(logits.detach().double(), target, 0.1, tau, reduction="none", impl="torch")
+        assert not torch.isnan(loss).any() and torch.isfinite(grad).all()
+        # a finite result is the true one; beyond float32's range (or where an intermediate sum
+        # overflows) the result is +inf, never NaN
+        finite = torch.isfinite(loss)
+        torch.testing.assert_close(loss.double()[finite], ref[finite], rtol=1e-5, atol=0)
+        assert torch.all(loss[~finite] == math.inf)
+        assert torch.all(torch.isinf(loss[ref > torch.finfo(torch.float32).max]))
