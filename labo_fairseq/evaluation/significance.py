@@ -3,16 +3,19 @@
 The quantity compared is what the report shows: the corpus score of each seed's output, averaged
 over the seeds, system minus baseline (Δ). Seeds and test sentences are both sources of variance;
 testing one seed pair ignores the first, a t-test over a handful of seeds has almost no power
-and ignores the second. Both tests here keep every seed's output and resample *sentences*,
-the same sentence ids for every seed of both systems, so each resample recomputes Δ exactly as
-the report does:
+and ignores the second. Each resample recomputes Δ exactly as the report does:
 
-- paired bootstrap (Koehn 2004): resample sentence ids with replacement; the null distribution
-  is the bootstrap distribution of Δ shifted to zero; p = (1 + #{|Δ* − Δ| ≥ |Δ|}) / (B + 1),
-  two-sided. Also gives a 95% percentile interval of Δ and each system's bootstrap mean.
+- paired two-level bootstrap (Koehn 2004, with seeds as the upper level): each resample draws
+  every system's seeds with replacement (as many as it has) and test sentence ids with
+  replacement, the same ids for every seed of both systems; the null distribution is the
+  bootstrap distribution of Δ shifted to zero; p = (1 + #{|Δ* − Δ| ≥ |Δ|}) / (B + 1),
+  two-sided. Also gives a 95% percentile interval of Δ and each system's bootstrap mean. With
+  one seed per system this is the ordinary paired bootstrap; with two or three, the seed level
+  is coarse but keeps a lucky seed from passing for a better method.
 - approximate randomization (Riezler & Maxwell 2005), when both systems have as many seeds:
   seeds are paired in order and, per sentence, the two systems' outputs are swapped with
-  probability 1/2; p = (1 + #{|Δ'| ≥ |Δ|}) / (R + 1), two-sided.
+  probability 1/2; p = (1 + #{|Δ'| ≥ |Δ|}) / (R + 1), two-sided. It is conditional on the
+  seeds (sentence variance only), a second opinion beside the bootstrap.
 
 Identical outputs (the same set of per-seed output files) are reported as such, with p = 1:
 there is nothing to test. Corpus scores are sacreBLEU's, computed from its sufficient statistics
@@ -43,6 +46,13 @@ def _metric(name: str, lowercase: bool):
 def _scores(metric, sums: np.ndarray) -> np.ndarray:
     """Corpus score of each row of summed sufficient statistics."""
     return np.array([metric._compute_score_from_stats(row.tolist()).score for row in sums])
+
+
+def _seed_resampled_mean(per_seed: np.ndarray, rng) -> np.ndarray:
+    """per_seed [seeds, resamples] -> each resample's mean over seeds drawn with replacement."""
+    k, n_samples = per_seed.shape
+    picks = rng.integers(0, k, size=(n_samples, k))
+    return per_seed[picks, np.arange(n_samples)[:, None]].mean(1)
 
 
 def identical_outputs(system: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]]) -> bool:
@@ -85,8 +95,8 @@ def compare(system: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]], 
     # How often each sentence is drawn in each resample; one matrix product per seed gives the
     # summed statistics of every resample.
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_samples).astype(np.float64)
-    boot_sys = np.mean([_scores(scorer, counts @ s) for s in stats_sys], axis=0)
-    boot_base = np.mean([_scores(scorer, counts @ s) for s in stats_base], axis=0)
+    boot_sys = _seed_resampled_mean(np.array([_scores(scorer, counts @ s) for s in stats_sys]), rng)
+    boot_base = _seed_resampled_mean(np.array([_scores(scorer, counts @ s) for s in stats_base]), rng)
     diffs = boot_sys - boot_base
     p_boot = (1 + np.sum(np.abs(diffs - delta) >= abs(delta) - 1e-12)) / (n_samples + 1)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
@@ -144,10 +154,12 @@ def summarize_verdicts(verdicts: Sequence[str], alpha: float = ALPHA) -> dict:
 def describe(n_samples: int, metric_names: Optional[List[str]] = None) -> str:
     """The one-paragraph statement of what was tested, for the report."""
     return (f"Δ = mean over seeds of each seed's corpus score, method minus baseline. Tests: paired "
-            f"bootstrap resampling of test sentences ({n_samples} resamples, the same sentence ids for every "
-            f"seed of both systems, so seed and sentence variance both enter), two-sided, "
+            f"two-level bootstrap ({n_samples} resamples; each draws every system's seeds with replacement "
+            f"and the test sentences with replacement, the same sentence ids for every seed of both systems, "
+            f"so seed and sentence variance both enter), two-sided, "
             f"p = (1 + #{{|Δ* − Δ| ≥ |Δ|}}) / ({n_samples} + 1); approximate randomization (seeds paired in "
-            f"order, outputs swapped per sentence) as a second two-sided test when both have as many seeds. "
+            f"order, outputs swapped per sentence; conditional on the seeds) as a second two-sided test when "
+            f"both have as many seeds. "
             f"Verdicts use the bootstrap at p < {ALPHA:g}. Identical outputs are reported as 'identical' "
             f"(p = 1). Why pooled: one seed pair ignores seed variance; a t-test over 2–3 seeds ignores "
             f"sentence variance and has almost no power.")

@@ -240,6 +240,17 @@ def test_planted_difference_is_significant_in_both_directions():
     assert a["bootstrap"]["p_value"] == pytest.approx(b["bootstrap"]["p_value"], abs=0.05)
 
 
+def test_one_lucky_seed_is_not_a_significant_difference():
+    # seeds 0.99 / 0.55 against two 0.75 seeds: the seed mean is higher, but it rests on one seed.
+    # Resampling sentences alone would call it significant; resampling the seeds too does not.
+    lucky = [hypotheses(0.99, 1), hypotheses(0.55, 2)]
+    steady = [hypotheses(0.75, 3), hypotheses(0.75, 4)]
+    result = significance.compare(lucky, steady, REFS, n_samples=300)
+    assert result["delta"] > 1
+    assert result["bootstrap"]["p_value"] > 0.05 and significance.verdict(result) == "no significant difference"
+    assert result["ar"]["p_value"] < 0.05  # conditional on the seeds, the difference is real
+
+
 def test_sweep_plot_for_a_tau_alpha_grid(tmp_path):
     runs = [make_run(tmp_path, f"ls-s{s}", "ls", "LS α=0.1", s, (30.0, 30.0, 50.0), 0.7,
                      info={"label_smoothing": 0.1}) for s in (1, 2)]
