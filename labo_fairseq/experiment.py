@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from labo_fairseq.cli.errors import EXIT_FAILED, UserError, run_command
 from labo_fairseq.procs import child_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,11 +93,11 @@ METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args",
                "ess", "hess_init"}
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe that cannot be run; the message names the file and the offending entry."""
 
 
-class Interrupted(Exception):
+class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: children are stopped, runs stay resumable."""
 
 
@@ -694,7 +695,7 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
         except Interrupted:
             entry["status"] = "interrupted"
         except Exception as error:  # noqa: BLE001  one run's failure must not stop the others
-            entry["status"] = f"failed: {error}" if isinstance(error, (RuntimeError, ValueError, OSError)) \
+            entry["status"] = f"failed: {error}" if isinstance(error, (UserError, RuntimeError, ValueError, OSError)) \
                 else f"failed: {type(error).__name__}: {error}"
             if run.run_dir.is_dir():
                 (run.run_dir / "FAILED").write_text(f"{error}\n", encoding="utf-8")
@@ -816,19 +817,16 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    try:
+
+    def body() -> int:
         recipe = load_recipe(args.recipe, args.data_dir)
         summary = run_experiment(recipe, Path(args.out or Path("runs") / recipe.name), args.only, args.jobs)
-    except RecipeError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except (Interrupted, KeyboardInterrupt):
-        print(f"{prog}: interrupted; every child process was stopped. Run the same command again "
-              "to resume.", file=sys.stderr)
-        return 130
-    print(format_summary(summary))
-    failed = [name for name, state in summary["runs"].items() if state.startswith("failed")]
-    return 1 if failed or summary["report"] is None else 0
+        print(format_summary(summary))
+        failed = [name for name, state in summary["runs"].items() if state.startswith("failed")]
+        return EXIT_FAILED if failed or summary["report"] is None else 0
+
+    return run_command(prog, body, interrupted="every child process was stopped. Run the same command "
+                                                "again to resume.")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_bench_subcommands(benchmark):
 
 def test_prepare_errors_name_the_command(tmp_path):
     proc = run_cli(["labo-prepare", "iwslt14", "--raw-dir", tmp_path, "--out", tmp_path / "out"], check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"labo-prepare iwslt14: error: {tmp_path / 'de-en.tgz'}: file not found"]
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from labo_fairseq.evaluation.errors import run_main
+from labo_fairseq.cli.errors import run_command
 
 DATASETS = ("iwslt14", "wmt14", "multi30k")
 
@@ -43,17 +43,17 @@ def prepare(argv: Optional[Sequence[str]] = None, prog: str = "labo-prepare") ->
 
 def evaluate(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> int:
     from labo_fairseq.evaluation import evaluate as module
-    return run_main(lambda args: module.main(args, prog=prog), prog, _argv(argv))
+    return run_command(prog, lambda: module.main(_argv(argv), prog=prog))
 
 
 def longtail(argv: Optional[Sequence[str]] = None, prog: str = "labo-longtail") -> int:
     from labo_fairseq.evaluation import longtail as module
-    return run_main(lambda args: module.main(args, prog=prog), prog, _argv(argv))
+    return run_command(prog, lambda: module.main(_argv(argv), prog=prog))
 
 
 def report(argv: Optional[Sequence[str]] = None, prog: str = "labo-report") -> int:
     from labo_fairseq.evaluation import report as module
-    return run_main(lambda args: module.main(args, prog=prog), prog, _argv(argv))
+    return run_command(prog, lambda: module.main(_argv(argv), prog=prog))
 
 
 def packaged_recipes() -> dict:

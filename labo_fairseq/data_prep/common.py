@@ -15,12 +15,15 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+from labo_fairseq.cli.errors import UserError, run_command
+from labo_fairseq.textfiles import count_lines, iter_lines as read_lines, write_lines  # noqa: F401  (re-exported)
+
 # Relative: outputs go under the working directory, wherever the package is installed.
 DEFAULT_OUT = Path("data")
 BLOCK_LINES = 2000
 
 
-class PrepError(Exception):
+class PrepError(UserError):
     """A problem with the inputs or the destination, reported as one line without a traceback."""
 
 
@@ -29,42 +32,6 @@ def log(tag, message):
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def read_lines(path):
-    """Yields the lines of a text file (plain or .gz) without their '\\n'.
-
-    Lines are split on '\\n' only (as Perl's <STDIN> does); a '\\r' stays part of the line.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    number = 0
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="\n") as handle:
-            for number, line in enumerate(handle, 1):
-                yield line[:-1] if line.endswith("\n") else line
-    except FileNotFoundError:
-        raise PrepError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise PrepError(f"{path}: line {number + 1} is not valid UTF-8 ({e.reason})") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise PrepError(f"{path}: corrupt or truncated gzip file ({e or type(e).__name__})") from None
-    except IsADirectoryError:
-        raise PrepError(f"{path}: is a directory, expected a file") from None
-
-
-def count_lines(path):
-    return sum(1 for _ in read_lines(path))
-
-
-def write_lines(path, lines):
-    """Writes lines with '\\n' endings; returns how many."""
-    count = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
-        for line in lines:
-            out.write(line + "\n")
-            count += 1
-    return count
 
 
 def concatenate(paths, dest):
@@ -357,22 +324,4 @@ class Timer:
 
 
 def run_main(tag, body):
-    """Runs body(); turns PrepError/OSError/interrupts into a one-line message and an exit code."""
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        body()
-    except PrepError as e:
-        print(f"{tag}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{tag}: interrupted; previous outputs left as they were", file=sys.stderr)
-        return 130
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"{tag}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    return 0
+    return run_command(tag, body)

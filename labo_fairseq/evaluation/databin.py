@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from labo_fairseq.evaluation.errors import EvaluationError, run_main
+from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_MODES, post_process_for
 
 
@@ -120,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "databin"))
+    sys.exit(run_command("databin", main))

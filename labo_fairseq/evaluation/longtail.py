@@ -34,7 +34,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from labo_fairseq.evaluation.errors import EvaluationError, read_lines, read_parallel, run_main
+from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
+from labo_fairseq.textfiles import read_lines
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, SENTENCEPIECE_SPACE, remove_subwords
 
 DEFAULT_BUCKETS = (1, 2, 3, 4, 5, 10, 100, 1000)   # compare_mt.bucketers.FreqWordBucketer's default
@@ -157,7 +159,7 @@ def analyse_files(train_ref, hyp, ref, lower_edges: Sequence[int] = DEFAULT_BUCK
     `subwords` (bpe | spm) says how `word` level joins units, by default what the files show."""
     if level not in LEVEL_CHOICES:
         raise EvaluationError(f"level must be one of {LEVEL_CHOICES}, got {level!r}")
-    train_lines = read_lines(train_ref, "training target text")
+    train_lines = read_lines(train_ref, "training target text", allow_empty=False)
     hypotheses, references = read_parallel(hyp, ref)
     train_kind = detect_subwords(train_lines)
     hyp_kind = detect_subwords(hypotheses) or detect_subwords(references)
@@ -254,4 +256,4 @@ def main(argv=None, prog="longtail.py"):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "longtail.py"))
+    sys.exit(run_command("longtail.py", main))

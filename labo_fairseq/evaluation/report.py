@@ -27,7 +27,9 @@ import numpy as np
 from tabulate import tabulate
 
 from labo_fairseq.evaluation import significance
-from labo_fairseq.evaluation.errors import EvaluationError, read_lines, run_main
+from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.errors import EvaluationError
+from labo_fairseq.textfiles import read_lines
 from labo_fairseq.evaluation.longtail import bucket_label
 from labo_fairseq.evaluation.runs import Run, load_run
 
@@ -117,10 +119,10 @@ def _hyps(run: Run, subset: str) -> List[str]:
 def _references(runs: Sequence[Run], subset: str) -> Tuple[List[str], bool, Path]:
     """The reference sacreBLEU scored (shared by all runs, else an error), and its case setting."""
     first = runs[0].evals[subset]
-    refs = read_lines(first.reference_file, "reference file")
+    refs = read_lines(first.reference_file, "reference file", allow_empty=False)
     for run in runs[1:]:
         other = run.evals[subset]
-        if other.lowercase != first.lowercase or read_lines(other.reference_file, "reference file") != refs:
+        if other.lowercase != first.lowercase or read_lines(other.reference_file, "reference file", allow_empty=False) != refs:
             raise EvaluationError(f"runs {runs[0].path} and {run.path} were evaluated on different references "
                                   f"({first.reference_file}, {other.reference_file})")
     return refs, first.lowercase, first.reference_file
@@ -686,4 +688,4 @@ def main(argv=None, prog="report.py"):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "report.py"))
+    sys.exit(run_command("report.py", main))

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.evaluation.databin import reference_for
-from labo_fairseq.evaluation.errors import EvaluationError, read_lines, read_parallel, run_main
+from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
+from labo_fairseq.textfiles import read_lines
 
 SCORES_FILE = "scores.json"
 
@@ -189,7 +191,7 @@ def score_texts(hypotheses: Sequence[str], references: Sequence[str], target_lan
 
 def read_raw_reference(path, ids: Sequence[int]) -> List[str]:
     """The raw reference lines of sentence ids `ids` (fairseq's ids are line numbers from 0)."""
-    lines = read_lines(path, "raw reference")
+    lines = read_lines(path, "raw reference", allow_empty=False)
     if len(lines) != len(ids) or (ids and ids[-1] >= len(lines)):
         raise EvaluationError(f"raw reference {path} has {len(lines)} lines but the translated split has "
                               f"{len(ids)} sentences (ids up to {ids[-1] if ids else '-'}); it is not this split's")
@@ -202,7 +204,7 @@ def evaluate_generate_output(generate_out, out_dir, target_lang: str, metadata: 
     files and OUT_DIR/scores.json (returned). `metadata` (subset, beam, ...) goes into scores.json;
     `raw_reference` is the split's untokenised target file for sacreBLEU."""
     generate_out, out_dir = Path(generate_out), Path(out_dir)
-    text = "\n".join(read_lines(generate_out, "fairseq-generate output"))
+    text = "\n".join(read_lines(generate_out, "fairseq-generate output", allow_empty=False))
     output = parse_generate_output(text, origin=str(generate_out))
     if not output.has_target:
         raise EvaluationError(f"{generate_out} has no references (T- lines); the split has no target side")
@@ -294,4 +296,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "score"))
+    sys.exit(run_command("score", main))

@@ -104,7 +104,7 @@ def test_deterministic(iwslt_archive, iwslt_prepared, tmp_path):
     assert "iwslt14.tokenized.de-en/train.de" in first and first == second
 
 
-def run_main(capsys, *args):
+def run_prepare(capsys, *args):
     code = iwslt14.main([str(a) for a in args])
     return code, capsys.readouterr().err
 
@@ -112,14 +112,14 @@ def run_main(capsys, *args):
 def test_refuses_to_overwrite_and_failed_force_keeps_previous_output(iwslt_archive, iwslt_prepared, tmp_path,
                                                                       capsys):
     out, _ = iwslt_prepared
-    code, err = run_main(capsys, "--archive", iwslt_archive, "--out", out, "--bpe-tokens", "50")
-    assert code == 1 and "already exists; pass --force" in err
+    code, err = run_prepare(capsys, "--archive", iwslt_archive, "--out", out, "--bpe-tokens", "50")
+    assert code == 2 and "already exists; pass --force" in err
     before = text_hashes(out)
     broken = fixtures.make_iwslt_archive(
         tmp_path / "broken.tgz",
         xml_override={"de-en/IWSLT14.TED.tst2011.de-en.en.xml": '<doc>\n<seg id="1">no end\n</doc>\n'})
-    code, err = run_main(capsys, "--archive", broken, "--out", out, "--bpe-tokens", "50", "--force")
-    assert code == 1
+    code, err = run_prepare(capsys, "--archive", broken, "--out", out, "--bpe-tokens", "50", "--force")
+    assert code == 2
     assert "IWSLT14.TED.tst2011.de-en.en.xml: line 2: malformed segment" in err
     assert text_hashes(out) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
@@ -133,7 +133,7 @@ def test_interrupted_run_keeps_previous_output(iwslt_archive, tmp_path, capsys, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(common, "binarise", interrupted)
-    code, err = run_main(capsys, "--archive", iwslt_archive, "--out", out, "--bpe-tokens", "50", "--force",
+    code, err = run_prepare(capsys, "--archive", iwslt_archive, "--out", out, "--bpe-tokens", "50", "--force",
                          "--workers", "1")
     assert code == 130 and "interrupted" in err
     assert (out / NAME / "train.de").read_text() == "previous\n"
@@ -179,7 +179,7 @@ def test_errors_name_the_file_and_values(tmp_path, capsys):
         if "--out" not in args:
             args = args + ["--out", tmp_path / "out"]
         code, err = run_main(capsys, *args, "--workers", "1")
-        assert code == 1, (args, err)
+        assert code == 2, (args, err)
         assert err.count("\n") == 1 and err.startswith("prepare-iwslt14: error: "), err
         assert re.search(message, err), (message, err)
     assert not (tmp_path / "out" / NAME).exists()
@@ -189,7 +189,7 @@ def test_script_errors_are_one_line_without_traceback(tmp_path):
     for args, message in [case for case in error_cases(tmp_path) if "corrupt" in str(case[0][1])]:
         proc = run_script("prepare-iwslt14.sh", *args, "--out", tmp_path / "out", check=False)
         error_lines = [line for line in proc.stderr.splitlines() if "tensorboardX" not in line]
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(error_lines) == 1 and re.search(message, error_lines[0]), proc.stderr
 
 

@@ -80,7 +80,7 @@ def test_errors(multi30k_raw, tmp_path, capsys):
         code = multi30k.main([str(a) for a in args] + ["--raw-dir", str(raw_dir), "--out", str(tmp_path / "out"),
                                                        "--workers", "1", "--vocab", "20"])
         err = capsys.readouterr().err
-        assert code == 1 and err.count("\n") == 1 and err.startswith("prepare-multi30k: error: "), err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("prepare-multi30k: error: "), err
         return err
 
     assert "test_2018_flickr.de.gz: file not found" in run("--test-sets", "test_2018_flickr")

@@ -64,7 +64,7 @@ def test_errors(tmp_path, capsys):
     def run(*args):
         code = wmt14.main([str(a) for a in args] + ["--out", str(tmp_path / "out"), "--workers", "1"])
         err = capsys.readouterr().err
-        assert code == 1 and err.count("\n") == 1 and err.startswith("prepare-wmt14en2de: error: "), err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("prepare-wmt14en2de: error: "), err
         return err
 
     assert "line-count mismatch: " in run("--raw-dir", raw_dir) and "commoncrawl.de-en.en has 40 lines" in run(

@@ -7,7 +7,8 @@ import random
 import pytest
 import sacrebleu
 
-from labo_fairseq.evaluation.errors import EvaluationError, run_main
+from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.score import (detokenize, main, parse_generate_output, sacrebleu_scores,
                                            tokenized_bleu)
 from tests.toy import run_cli
@@ -110,9 +111,9 @@ def test_detokenize_uses_moses_rules_of_the_language():
 def test_score_cli_from_files(tmp_path, capsys):
     (tmp_path / "hyp.txt").write_text("the cat sat on the mat\na b c d e\n")
     (tmp_path / "ref.txt").write_text("the cat is on the mat\na b c d e\n")
-    assert run_main(main, "score", ["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.txt"),
+    assert run_command("score", lambda: main(["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.txt"),
                                     "--target-lang", "en", "--out-dir", str(tmp_path / "out"),
-                                    "--meta", "subset=test", "--meta", "beam=5"]) == 0
+                                    "--meta", "subset=test", "--meta", "beam=5"])) == 0
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert scores["bleu"]["string"] == tokenized_bleu(["the cat sat on the mat", "a b c d e"],
                                                       ["the cat is on the mat", "a b c d e"])["string"]
@@ -127,13 +128,13 @@ def test_score_cli_line_count_mismatch_and_empty_file(tmp_path, capsys):
     ref.write_text("a\nb\n")
     empty.write_text("")
     args = ["--target-lang", "en", "--out-dir", str(tmp_path / "out")]
-    assert run_main(main, "score", ["--hyp", str(hyp), "--ref", str(ref)] + args) == 2
+    assert run_command("score", lambda: main(["--hyp", str(hyp), "--ref", str(ref)] + args)) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"score: error: line counts differ: hypothesis file {hyp} has 3 lines, "
                    f"reference file {ref} has 2")
-    assert run_main(main, "score", ["--hyp", str(empty), "--ref", str(ref)] + args) == 2
+    assert run_command("score", lambda: main(["--hyp", str(empty), "--ref", str(ref)] + args)) == 2
     assert capsys.readouterr().err.strip() == f"score: error: hypothesis file {empty} is empty"
-    assert run_main(main, "score", ["--generate-out", str(tmp_path / "nope.out")] + args) == 2
+    assert run_command("score", lambda: main(["--generate-out", str(tmp_path / "nope.out")] + args)) == 2
     assert "nope.out does not exist" in capsys.readouterr().err
 
 
@@ -145,12 +146,12 @@ def test_raw_reference_lowercased_scores_and_signatures(tmp_path, capsys):
     (tmp_path / "raw.txt").write_text("".join(r + "\n" for r in raw))
     args = ["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.txt"), "--target-lang", "en",
             "--raw-ref", str(tmp_path / "raw.txt")]
-    assert run_main(main, "score", args + ["--out-dir", str(tmp_path / "lc"), "--lowercase"]) == 0
+    assert run_command("score", lambda: main(args + ["--out-dir", str(tmp_path / "lc"), "--lowercase"])) == 0
     lc = json.loads((tmp_path / "lc" / "scores.json").read_text())
     assert lc["sacrebleu"]["score"] == pytest.approx(100.0)  # detokenised and case-blind: identical
     assert lc["sacrebleu"]["signature"].startswith("nrefs:1|case:lc|")
     assert lc["chrf"]["signature"].startswith("nrefs:1|case:lc|") and lc["ter"]["score"] == 0.0
-    assert run_main(main, "score", args + ["--out-dir", str(tmp_path / "cased")]) == 0
+    assert run_command("score", lambda: main(args + ["--out-dir", str(tmp_path / "cased")])) == 0
     cased = json.loads((tmp_path / "cased" / "scores.json").read_text())
     expected = sacrebleu.corpus_bleu(detokenize(hyps, "en"), [raw])
     assert cased["sacrebleu"]["score"] == pytest.approx(expected.score) and expected.score < 100
