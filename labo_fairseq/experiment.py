@@ -501,9 +501,6 @@ def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str]) -> Lis
     return command
 
 
-_AVERAGING = threading.Lock()
-
-
 def evaluation_checkpoint(recipe: Recipe, run: RunPlan) -> Path:
     """The checkpoint the recipe's policy evaluates (averaging the last epochs when asked)."""
     if recipe.checkpoint == "last":
@@ -513,11 +510,8 @@ def evaluation_checkpoint(recipe: Recipe, run: RunPlan) -> Path:
     from labo_fairseq.checkpoints import average_checkpoints, last_epoch_checkpoints
 
     averaged = run.checkpoints / f"checkpoint.avg{recipe.average_last}.pt"
-    # one at a time: fairseq's loader allowlists argparse.Namespace with torch's process-wide
-    # safe_globals context, which a second thread leaving its own context would withdraw
-    with _AVERAGING:
-        if not averaged.exists():
-            average_checkpoints(last_epoch_checkpoints(run.checkpoints, recipe.average_last), averaged)
+    if not averaged.exists():
+        average_checkpoints(last_epoch_checkpoints(run.checkpoints, recipe.average_last), averaged)
     return averaged
 
 

@@ -59,9 +59,30 @@ def test_preprocess_train_generate_round_trip(toy_data_bin, toy_ls_checkpoint, t
 def test_checkpoint_loads_with_weights_only_allowlist(toy_ls_checkpoint):
     from fairseq import checkpoint_utils
 
-    assert checkpoint_utils.CHECKPOINT_SAFE_GLOBALS == [argparse.Namespace]
+    assert argparse.Namespace in torch.serialization.get_safe_globals()
     state = checkpoint_utils.load_checkpoint_to_cpu(str(toy_ls_checkpoint))
     assert "model" in state and state["cfg"]["model"] is not None
+
+
+def test_checkpoint_load_survives_another_load_finishing_meanwhile(toy_ls_checkpoint, monkeypatch):
+    """Parallel runs average checkpoints in threads. A loader that allowlisted argparse.Namespace
+    with torch's safe_globals() context would fail here: the context is process-wide, and a load
+    that finishes inside another one's window removes the type on its way out. The patched
+    loader's allowlist is set once, at import."""
+    from fairseq import checkpoint_utils
+
+    real_load = torch.load
+    inner_loads = []
+
+    def load_with_another_load_inside(*args, **kwargs):
+        if not inner_loads:  # another thread's whole load, between this one's start and its unpickling
+            inner_loads.append(None)
+            inner_loads[0] = checkpoint_utils.load_checkpoint_to_cpu(str(toy_ls_checkpoint))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_with_another_load_inside)
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(toy_ls_checkpoint))
+    assert len(inner_loads) == 1 and "model" in state and "model" in inner_loads[0]
 
 
 class _WritesAFile:
