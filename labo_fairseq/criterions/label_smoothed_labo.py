@@ -152,7 +152,7 @@ def loss_path(model) -> str:
     model = _unwrap(model)
     decoder = getattr(model, "decoder", None)
     if getattr(decoder, "adaptive_softmax", None) is not None:
-        raise ValueError(
+        raise LaboFlagError(
             "label_smoothed_labo does not support adaptive softmax (--adaptive-softmax-cutoff): "
             "LABO's smoothing needs log-probabilities over the whole vocabulary"
         )
@@ -202,6 +202,12 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         self.smoothing_stop_update = smoothing_stop_update
         self.ignore_prefix_size = ignore_prefix_size
         self.report_accuracy = report_accuracy
+
+    def check_model(self, model) -> None:
+        """Refuses a model this criterion cannot train (adaptive softmax). The patched fairseq-train
+        calls it right after building the model and the criterion, before reading any data;
+        elsewhere the first forward makes the same check."""
+        loss_path(model)
 
     def current_alpha(self) -> float:
         if self.smoothing_stop_update > 0 and _trainer_num_updates() >= self.smoothing_stop_update:

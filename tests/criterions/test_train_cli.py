@@ -89,3 +89,17 @@ def test_invalid_flag_is_one_line_through_fairseq_train(toy_data_bin, tmp_path, 
     stderr = str(failed.value).split("--- stderr ---", 1)[1]
     errors = [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert errors == [f"fairseq-train: error: {message}"]
+
+
+def test_adaptive_softmax_is_refused_before_training_starts(toy_data_bin, tmp_path):
+    """The patched fairseq-train asks the criterion to check the model right after building it:
+    one error line, before any epoch begins (the refusal used to come at the first batch)."""
+    arch = [a for a in TINY_TRANSFORMER_ARGS if a != "--share-decoder-input-output-embed"]
+    proc = run_cli(["fairseq-train", str(toy_data_bin), "--cpu", *arch, "--adaptive-softmax-cutoff", "20,40",
+                    "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500", "--max-update", "2",
+                    "--save-dir", str(tmp_path / "ckpt"), "--no-progress-bar", *LABO], check=False)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert proc.returncode == 1 and errors == [
+        "fairseq-train: error: label_smoothed_labo does not support adaptive softmax (--adaptive-softmax-cutoff): "
+        "LABO's smoothing needs log-probabilities over the whole vocabulary"], proc.stderr[-3000:]
+    assert "begin training epoch" not in proc.stdout + proc.stderr
