@@ -26,19 +26,25 @@ def _argv(argv: Optional[Sequence[str]]) -> List[str]:
     return list(sys.argv[1:] if argv is None else argv)
 
 
-def prepare(argv: Optional[Sequence[str]] = None, prog: str = "labo-prepare") -> int:
+def _subcommand(argv: Optional[Sequence[str]], prog: str, choices: Sequence[str], package: str,
+                kind: str, description: str) -> int:
+    """`PROG CHOICE [options]`: runs labo_fairseq.PACKAGE.CHOICE's main(argv, prog="PROG CHOICE")."""
     argv = _argv(argv)
-    usage = f"usage: {prog} {{{','.join(DATASETS)}}} [options]   ({prog} DATASET --help for the options)"
+    usage = f"usage: {prog} {{{','.join(choices)}}} [options]   ({prog} {kind.upper()} --help for the options)"
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage + "\n\nPrepares a translation benchmark into text and fairseq binary data.",
-              file=sys.stdout if argv else sys.stderr)
+        print(f"{usage}\n\n{description}", file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    if argv[0] not in DATASETS:
-        print(f"{usage}\n{prog}: error: unknown dataset {argv[0]!r} (choose from {', '.join(DATASETS)})",
+    if argv[0] not in choices:
+        print(f"{usage}\n{prog}: error: unknown {kind} {argv[0]!r} (choose from {', '.join(choices)})",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(f"labo_fairseq.data_prep.{argv[0]}")
-    return module.main(argv[1:], prog=f"{prog} {argv[0]}")
+    module = importlib.import_module(f"labo_fairseq.{package}.{argv[0]}")
+    return module.main(argv[1:], prog=f"{prog} {argv[0]}") or 0
+
+
+def prepare(argv: Optional[Sequence[str]] = None, prog: str = "labo-prepare") -> int:
+    return _subcommand(argv, prog, DATASETS, "data_prep", "dataset",
+                       "Prepares a translation benchmark into text and fairseq binary data.")
 
 
 def evaluate(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> int:
@@ -96,18 +102,9 @@ BENCHMARKS = ("loss", "train")
 
 
 def bench(argv: Optional[Sequence[str]] = None, prog: str = "labo-bench") -> int:
-    argv = _argv(argv)
-    usage = f"usage: {prog} {{{','.join(BENCHMARKS)}}} [options]   ({prog} BENCHMARK --help for the options)"
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage + "\n\nloss: the loss op against fairseq's label smoothing (and peer kernels on CUDA); "
-              "train: fairseq-train words/s and peak memory, LS vs LABO.", file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
-    if argv[0] not in BENCHMARKS:
-        print(f"{usage}\n{prog}: error: unknown benchmark {argv[0]!r} (choose from {', '.join(BENCHMARKS)})",
-              file=sys.stderr)
-        return 2
-    module = importlib.import_module(f"labo_fairseq.benchmarks.{argv[0]}")
-    return module.main(argv[1:], prog=f"{prog} {argv[0]}") or 0
+    return _subcommand(argv, prog, BENCHMARKS, "benchmarks", "benchmark",
+                       "loss: the loss op against fairseq's label smoothing (and peer kernels on CUDA); "
+                       "train: fairseq-train words/s and peak memory, LS vs LABO.")
 
 
 COMMANDS = {"prepare": prepare, "evaluate": evaluate, "longtail": longtail, "report": report,

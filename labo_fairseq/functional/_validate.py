@@ -76,21 +76,22 @@ def check_target(
     return flat, keep
 
 
+def _check_float_tensor(name, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
 def check_logits(logits) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise ValueError(f"logits must be a tensor, got {type(logits).__name__}")
-    if not logits.dtype.is_floating_point:
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    _check_float_tensor("logits", logits)
     if logits.dim() < 1:
         raise ValueError(f"logits must have at least 1 dimension (the vocabulary), got shape {tuple(logits.shape)}")
 
 
 def check_linear(hidden, weight, bias) -> None:
-    for name, t in (("hidden", hidden), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    _check_float_tensor("hidden", hidden)
+    _check_float_tensor("weight", weight)
     if hidden.dim() < 1:
         raise ValueError(f"hidden must have shape [..., d], got {tuple(hidden.shape)}")
     if weight.dim() != 2:
