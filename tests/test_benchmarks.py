@@ -64,6 +64,8 @@ def test_bench_loss_tiny_cpu_rows_json_and_skipped_peers(tmp_path):
     (["--alpha", "1.5"], "--alpha: must be in [0, 1)"),
     (["--shapes", "cpu", "--tokens", "8", "--vocab", "16"], "--shapes: give either"),
     (["--device", "cuda", "--iters", "2"], "--iters: CPU only"),
+    (["--json", "/"], "argument --json: / is a directory; give a file name"),
+    (["--json", "/no/such/dir/rows.json"], "argument --json: the directory of /no/such/dir/rows.json does not exist"),
 ])
 def test_bench_loss_argument_errors_are_one_line(args, message):
     proc = run(BENCH_LOSS, *args)
@@ -115,6 +117,7 @@ def test_bench_train_help_lists_the_gpu_options():
     (["--precision", "fp16"], "--precision fp16: half precision needs --device cuda"),
     (["--variants", "ls", "labo-fused-triton"], "--variants labo-fused-triton: the Triton kernels need --device cuda"),
     (["--variants", "labo-fused"], "--variants must include ls"),
+    (["--out", "/"], "argument --out: / is a directory; give a file name"),
 ])
 def test_bench_train_argument_errors_are_one_line(args, message):
     proc = run(BENCH_TRAIN, *args)

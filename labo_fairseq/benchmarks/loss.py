@@ -471,6 +471,8 @@ def _device(text):
 
 
 def main(argv=None, prog="labo-bench loss"):
+    from labo_fairseq.cli.errors import output_file
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
@@ -500,7 +502,7 @@ def main(argv=None, prog="labo-bench loss"):
     p.add_argument("--interpret", action="store_true",
                    help="run the Triton rows with TRITON_INTERPRET=1 (CPU smoke run on tiny shapes; "
                         "its times are not performance numbers)")
-    p.add_argument("--json", metavar="PATH", default=None, help="also write the device and the raw rows as JSON")
+    p.add_argument("--json", metavar="PATH", type=output_file, default=None, help="also write the device and the raw rows as JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -528,8 +530,6 @@ def main(argv=None, prog="labo-bench loss"):
         p.error("--tokens and --vocab: give both for a custom shape")
     if args.tokens is not None and args.shapes:
         p.error("--shapes: give either --shapes or a custom --tokens/--vocab shape, not both")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        p.error(f"--json {args.json}: its directory does not exist")
     if args.vocab is not None and args.vocab < 3:
         p.error(f"--vocab: must be >= 3 (ids 0-1 are special), got {args.vocab}")
 

@@ -137,6 +137,8 @@ def train_once(data_bin: Path, variant: str, args) -> dict:
 
 
 def main(argv=None, prog="labo-bench train"):
+    from labo_fairseq.cli.errors import output_file
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--fairseq-train-worker"]:
         return fairseq_train_worker(argv[1:])
@@ -156,7 +158,7 @@ def main(argv=None, prog="labo-bench train"):
     parser.add_argument("--variants", nargs="+", default=None, choices=list(ALL_VARIANTS),
                         help="default: ls labo-fused labo-unfused; on CUDA, when the criterion has "
                              "--labo-impl: ls and the four labo-{fused,unfused}-{torch,triton}")
-    parser.add_argument("--out", type=Path, help="also write the measurements as JSON")
+    parser.add_argument("--out", type=output_file, help="also write the measurements as JSON")
     args = parser.parse_args(argv)
     if args.device == "cpu" and args.precision != "fp32":
         parser.error(f"--precision {args.precision}: half precision needs --device cuda")
