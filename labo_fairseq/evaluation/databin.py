@@ -6,6 +6,7 @@ CLI (used by scripts/evaluate.sh): prints `SOURCE_LANG TARGET_LANG POST_PROCESS`
 import argparse
 import json
 import re
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,32 @@ def binarised_pairs(data_bin, subset: str):
         if match and match.group(3) == match.group(2):
             pairs.add((match.group(1), match.group(2)))
     return sorted(pairs)
+
+
+def sentence_count(data_bin, subset: str, src: str, tgt: str) -> Optional[int]:
+    """Sentences in a binarised split, from the header of fairseq's mmap index (None if unreadable):
+    9-byte magic, version (u64), dtype code (u8), item count (u64)."""
+    index = Path(data_bin) / f"{subset}.{src}-{tgt}.{src}.idx"
+    try:
+        with open(index, "rb") as handle:
+            header = handle.read(26)
+    except OSError:
+        return None
+    if len(header) < 26 or header[:9] != b"MMIDIDX\x00\x00":
+        return None
+    return struct.unpack("<Q", header[18:26])[0]
+
+
+def split_size(data_bin, subset: str, target_lang: str, source_lang: Optional[str] = None) -> Optional[int]:
+    """Sentences in `subset` of the one binarised pair translating into `target_lang` (and from
+    `source_lang` when given); None when that pair is not unique or its index is unreadable."""
+    if not Path(data_bin).is_dir():
+        return None
+    pairs = [(s, t) for s, t in binarised_pairs(data_bin, subset)
+             if t == target_lang and (source_lang is None or s == source_lang)]
+    if len(pairs) != 1:
+        return None
+    return sentence_count(data_bin, subset, *pairs[0])
 
 
 def inspect_data_bin(data_bin, subset: str = "test", post_process: Optional[str] = None,

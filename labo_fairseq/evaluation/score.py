@@ -13,7 +13,8 @@
 CLI (used by scripts/evaluate.sh): reads the raw `fairseq-generate` output, restores sentence
 order by id and writes OUT_DIR/{hyp,ref,src}.txt (what fairseq scored), the detokenized
 OUT_DIR/{hyp,ref}.detok.txt, OUT_DIR/ref.raw.txt (the raw reference in the same order) and
-OUT_DIR/scores.json.
+OUT_DIR/scores.json, each file written aside and renamed, scores.json last. An incomplete output
+(no final BLEU line, missing sentence ids, fewer sentences than the split of --data-bin) is an error.
 """
 import argparse
 import json
@@ -23,15 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from labo_fairseq.evaluation.databin import reference_for
 from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.databin import reference_for, split_size
 from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
-from labo_fairseq.textfiles import read_lines
+from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic
 
 SCORES_FILE = "scores.json"
+# every text file the score CLI writes beside scores.json
+TEXT_FILES = ("hyp.txt", "ref.txt", "src.txt", "hyp.detok.txt", "ref.detok.txt", "ref.raw.txt")
 
 _LINE = re.compile(r"^([STHD])-(\d+)\t(.*)$", re.DOTALL)
-_GENERATE_BLEU = re.compile(r"^Generate \S+ with beam=\d+: (BLEU\d+ = .*)$")
+_GENERATE_FINAL = re.compile(r"^Generate \S+ with beam=\d+: (.*)$")
+_BLEU_STRING = re.compile(r"^BLEU\d+ = ")
 
 
 @dataclass
@@ -45,15 +49,24 @@ class GenerateOutput:
     has_target: bool = True
 
 
-def parse_generate_output(text: str, origin: str = "generate output") -> GenerateOutput:
+def _id_list(ids: Sequence[int], limit: int = 5) -> str:
+    shown = ", ".join(map(str, ids[:limit]))
+    return f"{shown}, ... ({len(ids)} in all)" if len(ids) > limit else shown
+
+
+def parse_generate_output(text: str, origin: str = "generate output", expected: Optional[int] = None,
+                          expected_from: str = "the split") -> GenerateOutput:
     """Parses S-/T-/D- lines of `fairseq-generate` stdout (any batch order) into id order.
 
-    Only the first (best) D- line of each id is kept when --nbest > 1.
+    Only the first (best) D- line of each id is kept when --nbest > 1. The output must be whole:
+    with references, fairseq-generate's final "Generate SUBSET with beam=N: ..." line must be
+    there; sentence ids must be 0..n-1, each with a source and a hypothesis; and with `expected`
+    (the split's sentence count, read from `expected_from`) n must equal it.
     """
     sources: Dict[int, str] = {}
     references: Dict[int, str] = {}
     hypotheses: Dict[int, str] = {}
-    bleu_line = None
+    final_line = None
     for line in text.split("\n"):
         match = _LINE.match(line)
         if match:
@@ -66,15 +79,29 @@ def parse_generate_output(text: str, origin: str = "generate output") -> Generat
                 # D-<id>\t<score>\t<text>; the text may be empty
                 hypotheses[sentence_id] = rest.split("\t", 1)[1] if "\t" in rest else ""
             continue
-        bleu_match = _GENERATE_BLEU.match(line.strip())
-        if bleu_match:
-            bleu_line = bleu_match.group(1)
+        final_match = _GENERATE_FINAL.match(line.strip())
+        if final_match:
+            final_line = final_match.group(1)
     if not hypotheses:
         raise EvaluationError(f"{origin} has no hypotheses (no D-<id> lines)")
+    if references and final_line is None:
+        raise EvaluationError(f"{origin} is incomplete: no final 'Generate ... with beam=N: BLEU4 = ...' line "
+                              f"(fairseq-generate stopped after {len(hypotheses)} sentences)")
     ids = sorted(hypotheses)
     missing_refs = [i for i in ids if i not in references]
     if references and missing_refs:
         raise EvaluationError(f"{origin}: sentence ids {missing_refs[:5]} have a hypothesis but no T- line")
+    without_hypothesis = sorted(set(sources) - set(hypotheses))
+    if without_hypothesis:
+        raise EvaluationError(f"{origin} is incomplete: sentence ids {_id_list(without_hypothesis)} have a source "
+                              f"(S- line) but no hypothesis (D- line)")
+    if ids != list(range(len(ids))):
+        gaps = sorted(set(range(ids[-1] + 1)) - set(ids))
+        raise EvaluationError(f"{origin}: sentence ids are not 0..{len(ids) - 1}: ids {_id_list(gaps)} are missing "
+                              f"(highest id {ids[-1]}, {len(ids)} sentences)")
+    if expected is not None and len(ids) != expected:
+        raise EvaluationError(f"{origin} has {len(ids)} sentences but {expected_from} has {expected}")
+    bleu_line = final_line if final_line is not None and _BLEU_STRING.match(final_line) else None
     return GenerateOutput(
         ids=ids,
         sources=[sources.get(i, "") for i in ids],
@@ -152,27 +179,24 @@ def sacrebleu_scores(hypotheses: Sequence[str], references: Sequence[str], lower
     return scores
 
 
-def write_lines(path: Path, lines: Sequence[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
 def score_texts(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
-                out_dir: Optional[Path] = None, raw_references: Optional[Sequence[str]] = None,
-                raw_path: Optional[str] = None, lowercase: bool = False) -> dict:
+                raw_references: Optional[Sequence[str]] = None, raw_path: Optional[str] = None,
+                lowercase: bool = False, files: Optional[Dict[str, List[str]]] = None) -> dict:
     """All scores of scores.json for post-processed (subword-free) hypothesis/reference lines.
 
     sacreBLEU metrics use `raw_references` (the published text) when given, else the detokenized
-    `references`. With `out_dir`, also writes hyp.detok.txt, ref.detok.txt and ref.raw.txt."""
-    hyp_detok = detokenize(hypotheses, target_lang)
-    ref_detok = detokenize(references, target_lang)
+    `references`. With `files` (a dict), the texts behind the scores are added to it by file name:
+    hyp.detok.txt, ref.detok.txt and, with a raw reference, ref.raw.txt."""
     if raw_references is not None and len(raw_references) != len(hypotheses):
         raise EvaluationError(f"raw reference {raw_path} has {len(raw_references)} lines for "
                               f"{len(hypotheses)} hypotheses")
-    if out_dir is not None:
-        write_lines(out_dir / "hyp.detok.txt", hyp_detok)
-        write_lines(out_dir / "ref.detok.txt", ref_detok)
+    hyp_detok = detokenize(hypotheses, target_lang)
+    ref_detok = detokenize(references, target_lang)
+    if files is not None:
+        files["hyp.detok.txt"] = hyp_detok
+        files["ref.detok.txt"] = ref_detok
         if raw_references is not None:
-            write_lines(out_dir / "ref.raw.txt", raw_references)
+            files["ref.raw.txt"] = list(raw_references)
     sacre_refs = ref_detok if raw_references is None else list(raw_references)
     ref_file = "ref.detok.txt" if raw_references is None else "ref.raw.txt"
     reference = {"kind": "detokenized" if raw_references is None else "raw",
@@ -189,6 +213,23 @@ def score_texts(hypotheses: Sequence[str], references: Sequence[str], target_lan
     }
 
 
+def write_outputs(out_dir, files: Dict[str, Sequence[str]], scores: dict, stale: Sequence[str] = ()) -> None:
+    """Writes the text files and then scores.json into out_dir, each one atomically.
+
+    scores.json is removed first and written last, so it is there only beside the text files it
+    describes; the files named in `stale` that this scoring does not write (left by an earlier
+    one) are removed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SCORES_FILE).unlink(missing_ok=True)
+    for name in stale:
+        if name not in files:
+            (out_dir / name).unlink(missing_ok=True)
+    for name, lines in files.items():
+        write_text_atomic(out_dir / name, "".join(line + "\n" for line in lines))
+    write_json_atomic(out_dir / SCORES_FILE, scores)
+
+
 def read_raw_reference(path, ids: Sequence[int]) -> List[str]:
     """The raw reference lines of sentence ids `ids` (fairseq's ids are line numbers from 0)."""
     lines = read_lines(path, "raw reference", allow_empty=False)
@@ -199,37 +240,29 @@ def read_raw_reference(path, ids: Sequence[int]) -> List[str]:
 
 
 def evaluate_generate_output(generate_out, out_dir, target_lang: str, metadata: Optional[dict] = None,
-                             raw_reference=None, lowercase: bool = False) -> dict:
+                             raw_reference=None, lowercase: bool = False, expected: Optional[int] = None,
+                             expected_from: str = "the split") -> dict:
     """Turns a saved fairseq-generate stdout into OUT_DIR/{hyp,ref,src}.txt, the detokenized
     files and OUT_DIR/scores.json (returned). `metadata` (subset, beam, ...) goes into scores.json;
-    `raw_reference` is the split's untokenised target file for sacreBLEU."""
+    `raw_reference` is the split's untokenised target file for sacreBLEU; `expected` is the
+    split's sentence count (read from `expected_from`), which the output must match."""
     generate_out, out_dir = Path(generate_out), Path(out_dir)
     text = "\n".join(read_lines(generate_out, "fairseq-generate output", allow_empty=False))
-    output = parse_generate_output(text, origin=str(generate_out))
+    output = parse_generate_output(text, str(generate_out), expected, expected_from)
     if not output.has_target:
         raise EvaluationError(f"{generate_out} has no references (T- lines); the split has no target side")
     raw_lines = None if raw_reference is None else read_raw_reference(raw_reference, output.ids)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_lines(out_dir / "hyp.txt", output.hypotheses)
-    write_lines(out_dir / "ref.txt", output.references)
-    write_lines(out_dir / "src.txt", output.sources)
+    files = {"hyp.txt": output.hypotheses, "ref.txt": output.references, "src.txt": output.sources}
     scores = {**(metadata or {}),
-              **score_texts(output.hypotheses, output.references, target_lang, out_dir, raw_lines,
-                            raw_reference, lowercase),
+              **score_texts(output.hypotheses, output.references, target_lang, raw_lines, raw_reference,
+                            lowercase, files),
               "generate_bleu": output.bleu_line}
     if output.bleu_line is not None and output.bleu_line != scores["bleu"]["string"]:
         # Should never happen; if it does, the files would not reproduce the logged number.
         print(f"warning: BLEU recomputed from {out_dir / 'hyp.txt'} ({scores['bleu']['string']}) differs "
               f"from fairseq-generate's ({output.bleu_line})", file=sys.stderr)
-    write_scores(out_dir / SCORES_FILE, scores)
+    write_outputs(out_dir, files, scores, stale=TEXT_FILES)
     return scores
-
-
-def write_scores(path: Path, scores: dict) -> None:
-    """Written aside and renamed: a half-written scores.json never looks like a finished evaluation."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(scores, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    part.replace(path)
 
 
 def parse_meta(items: Sequence[str]) -> dict:
@@ -259,7 +292,11 @@ def main(argv=None):
                                           "(default: from --data-bin's prepare.json)")
     parser.add_argument("--data-bin", help="data-bin whose prepare.json names the raw reference of --subset "
                                            "and says whether the text was lowercased")
-    parser.add_argument("--subset", default="test", help="split whose raw reference --data-bin gives")
+    parser.add_argument("--subset", default="test",
+                        help="split of --data-bin that was translated: its raw reference is scored against, "
+                             "and --generate-out must hold all its sentences")
+    parser.add_argument("--source-lang", help="source language of the split in --data-bin (needed only when "
+                                              "several language pairs translate into --target-lang)")
     parser.add_argument("--lowercase", action="store_true",
                         help="case-insensitive sacreBLEU (default: prepare.json's \"lowercase\")")
     parser.add_argument("--out-dir", required=True, help="where scores.json (and text files) go")
@@ -273,18 +310,21 @@ def main(argv=None):
         raw_ref = raw_ref or reference.raw_path
         lowercase = lowercase or reference.lowercase
     if args.generate_out:
+        expected = None
+        if args.data_bin:
+            expected = split_size(args.data_bin, args.subset, args.target_lang, args.source_lang)
         scores = evaluate_generate_output(args.generate_out, args.out_dir, args.target_lang, metadata,
-                                          raw_ref, lowercase)
+                                          raw_ref, lowercase, expected,
+                                          f"split '{args.subset}' of data-bin {args.data_bin}")
     else:
         if not args.ref:
             parser.error("--hyp needs --ref")
         hypotheses, references = read_parallel(args.hyp, args.ref)
         raw_lines = None if raw_ref is None else read_raw_reference(raw_ref, list(range(len(hypotheses))))
-        out_dir = Path(args.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        files: Dict[str, List[str]] = {}
         scores = {**metadata, "hyp": args.hyp, "ref": args.ref,
-                  **score_texts(hypotheses, references, args.target_lang, out_dir, raw_lines, raw_ref, lowercase)}
-        write_scores(out_dir / SCORES_FILE, scores)
+                  **score_texts(hypotheses, references, args.target_lang, raw_lines, raw_ref, lowercase, files)}
+        write_outputs(args.out_dir, files, scores)
     print(f"BLEU (tokenized, fairseq): {scores['bleu']['string']}")
     print(scores["sacrebleu"]["string"])
     print(scores["chrf"]["string"])

@@ -3,15 +3,19 @@ sacreBLEU/chrF and the score CLI's errors."""
 import json
 import math
 import random
+import sys
 
 import pytest
 import sacrebleu
 
 from labo_fairseq.cli.errors import run_command
 from labo_fairseq.evaluation.errors import EvaluationError
-from labo_fairseq.evaluation.score import (detokenize, main, parse_generate_output, sacrebleu_scores,
+from labo_fairseq.evaluation.score import (TEXT_FILES, detokenize, main, parse_generate_output, sacrebleu_scores,
                                            tokenized_bleu)
+from tests.evaluation.helpers import assert_one_line_error
 from tests.toy import run_cli
+
+SCORE = [sys.executable, "-m", "labo_fairseq.evaluation.score"]
 
 GENERATE_OUT = """\
 S-2\tc d
@@ -47,7 +51,90 @@ def test_parse_generate_output_errors():
     with pytest.raises(EvaluationError, match="no hypotheses"):
         parse_generate_output("S-0\ta\nT-0\tA\n")
     with pytest.raises(EvaluationError, match=r"ids \[1\]"):
-        parse_generate_output("T-0\tA\nD-0\t-1\tA\nD-1\t-1\tB\n")
+        parse_generate_output("T-0\tA\nD-0\t-1\tA\nD-1\t-1\tB\nGenerate test with beam=1: BLEU4 = 0.00\n")
+
+
+def test_parse_generate_output_refuses_incomplete_output():
+    lines = GENERATE_OUT.splitlines()
+    truncated = "\n".join(lines[:-1])   # all sentences, but not fairseq-generate's final line
+    with pytest.raises(EvaluationError, match=r"^out.txt is incomplete: no final 'Generate"):
+        parse_generate_output(truncated, "out.txt")
+    without_1 = "\n".join(line for line in lines if not line.startswith(("S-1\t", "T-1\t", "H-1\t", "D-1\t")))
+    with pytest.raises(EvaluationError, match=r"^out.txt: sentence ids are not 0..1: ids 1 are missing"):
+        parse_generate_output(without_1, "out.txt")
+    no_hypothesis = "\n".join(line for line in lines if not line.startswith(("H-1\t", "D-1\t")))
+    with pytest.raises(EvaluationError, match=r"ids 1 have a source \(S- line\) but no hypothesis"):
+        parse_generate_output(no_hypothesis, "out.txt")
+    with pytest.raises(EvaluationError, match=r"^out.txt has 3 sentences but the test split has 4$"):
+        parse_generate_output(GENERATE_OUT, "out.txt", expected=4, expected_from="the test split")
+    assert parse_generate_output(GENERATE_OUT, expected=3).ids == [0, 1, 2]
+
+
+def test_parse_generate_output_other_scorer_line_completes_the_output():
+    # `-- --scoring sacrebleu` changes the final line's score; the output is complete all the same
+    text = GENERATE_OUT.replace("BLEU4 = 0.00, 50.0/0.0/0.0/0.0", "BLEU = 12.3 50.0/0.0/0.0/0.0")
+    output = parse_generate_output(text)
+    assert output.ids == [0, 1, 2] and output.bleu_line is None
+
+
+def _sentences(generate_out):
+    """{id: its lines} of a fairseq-generate output, and its final line."""
+    by_id, final = {}, None
+    for line in generate_out.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Generate "):
+            final = line
+        else:
+            by_id.setdefault(int(line.split("\t", 1)[0].split("-", 1)[1]), []).append(line)
+    return by_id, final
+
+
+def _write_generate_out(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_score_cli_refuses_a_truncated_generate_output(toy_evaluation, tmp_path):
+    lines = (toy_evaluation / "generate.out").read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("S-")]
+    truncated = _write_generate_out(tmp_path / "generate.out", lines[:starts[17]])   # 17 of 40 sentences
+    out = tmp_path / "out"
+    proc = run_cli([*SCORE, "--generate-out", truncated, "--target-lang", "tgt", "--out-dir", out], check=False)
+    assert_one_line_error(proc, "score", truncated, "incomplete", "no final", "after 17 sentences")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_score_cli_refuses_missing_sentence_ids(toy_evaluation, tmp_path):
+    by_id, final = _sentences(toy_evaluation / "generate.out")
+    gappy = _write_generate_out(tmp_path / "gappy.out",
+                                [line for i, group in by_id.items() if i not in (5, 7) for line in group] + [final])
+    proc = run_cli([*SCORE, "--generate-out", gappy, "--target-lang", "tgt", "--out-dir", tmp_path / "out"],
+                   check=False)
+    assert_one_line_error(proc, "score", gappy, "ids 5, 7 are missing")
+
+
+def test_score_cli_refuses_fewer_sentences_than_the_split(toy_evaluation, toy_data_bin, tmp_path):
+    by_id, final = _sentences(toy_evaluation / "generate.out")
+    short = _write_generate_out(tmp_path / "short.out",
+                                [line for i, group in by_id.items() if i != 39 for line in group] + [final])
+    out = tmp_path / "out"
+    args = ["--generate-out", short, "--target-lang", "tgt", "--out-dir", out]
+    assert run_cli([*SCORE, *args]).returncode == 0   # ids 0..38: whole, for all it can tell alone
+    proc = run_cli([*SCORE, *args, "--data-bin", toy_data_bin, "--subset", "test"], check=False)
+    assert_one_line_error(proc, "score", short, "39 sentences", f"split 'test' of data-bin {toy_data_bin} has 40")
+    # the earlier scoring's results are left whole: nothing was written
+    assert json.loads((out / "scores.json").read_text())["num_sentences"] == 39
+
+
+def test_score_cli_output_files_are_one_scoring(toy_evaluation, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ref.raw.txt").write_text("left by an earlier evaluation with a raw reference\n")
+    run_cli([*SCORE, "--generate-out", toy_evaluation / "generate.out", "--target-lang", "tgt", "--out-dir", out])
+    assert sorted(p.name for p in out.iterdir()) == sorted({*TEXT_FILES, "scores.json"} - {"ref.raw.txt"})
+    for name in ("hyp.txt", "ref.txt", "src.txt", "hyp.detok.txt", "ref.detok.txt"):
+        assert (out / name).read_bytes() == (toy_evaluation / name).read_bytes()
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["num_sentences"] == 40 and scores["reference"]["file"] == "ref.detok.txt"
 
 
 def test_tokenized_bleu_hand_computed():
