@@ -2,29 +2,35 @@
 it; sacreBLEU, chrF and TER of the Moses-detokenized output against the raw reference.
 
 `labo-evaluate` (and scripts/evaluate.sh, which runs this) writes to OUT_DIR:
-  generate.out   raw fairseq-generate stdout (its last line is fairseq's BLEU4)
-  generate.log   fairseq-generate stderr (logging)
+  generate.out   raw fairseq-generate stdout (its last line is fairseq's BLEU4); there only when
+                 fairseq-generate succeeded
+  generate.log   fairseq-generate stderr (logging); on failure, its exception line is reported
   hyp.txt ref.txt src.txt        subword-free text in sentence-id order (what fairseq scored)
   hyp.detok.txt  Moses-detokenized hypotheses (what sacreBLEU scored)
   ref.raw.txt    the raw reference sacreBLEU scored against (from DATA_BIN/prepare.json or --raw-ref)
   ref.detok.txt  the detokenized binarised reference (sacreBLEU's fallback without a raw reference)
   scores.json    {"bleu": ..., "sacrebleu": ..., "chrf": ..., "ter": ..., "reference": ..., ...}
-                 written last: an earlier scores.json/longtail.json in OUT_DIR is removed first
+                 written last
+Every file is written aside and renamed. All results of an earlier evaluation in OUT_DIR
+(these files and longtail.json) are removed before translating, so a failed evaluation leaves
+none that look current. CHECKPOINT is checked to be a torch.save file before fairseq-generate
+starts; --beam and --batch-size must be at least 1.
 
 Arguments after `--` go to fairseq-generate unchanged. `--user-dir` is always this package's
 directory, so that checkpoints of labo_fairseq models and criteria load.
 """
 import argparse
 import importlib.util
+import math
 import os
-import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 from labo_fairseq.evaluation import score
-from labo_fairseq.evaluation.databin import inspect_data_bin
+from labo_fairseq.evaluation.databin import inspect_data_bin, sentence_count
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, POST_PROCESS_MODES
 from labo_fairseq.procs import child_command
@@ -33,6 +39,33 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # --subwords takes data preparation's names; --post-process (the older spelling) also fairseq's
 SUBWORD_CHOICES = tuple(POST_PROCESS_FOR_SUBWORDS)
 POST_PROCESS_CHOICES = SUBWORD_CHOICES + tuple(m for m in POST_PROCESS_MODES if m != "none")
+GENERATE_OUT = "generate.out"
+GENERATE_LOG = "generate.log"
+# what an earlier evaluation left in OUT_DIR; removed before translating, so that a failed
+# evaluation never leaves results that look current
+RESULT_FILES = (*score.TEXT_FILES, score.SCORES_FILE, "longtail.json", GENERATE_OUT)
+# torch.save's legacy (non-zip) format starts with the pickled magic number
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -43,9 +76,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", type=Path, help="model checkpoint (.pt)")
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="where the outputs go")
     parser.add_argument("--subset", default="test", help="split to translate (default: %(default)s)")
-    parser.add_argument("--beam", type=int, default=5, help="beam size (default: %(default)s)")
-    parser.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128, help="sentences per batch (default: %(default)s)")
+    parser.add_argument("--beam", type=positive_int, default=5, help="beam size (default: %(default)s)")
+    parser.add_argument("--lenpen", type=finite_float, default=1.0,
+                        help="length penalty: hypothesis scores are divided by length**LENPEN, so 0 compares "
+                             "unnormalised scores (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=128,
+                        help="sentences per batch (default: %(default)s)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU")
     parser.add_argument("--subwords", "--post-process", dest="subwords", choices=POST_PROCESS_CHOICES,
                         metavar="{bpe,spm,none}",
@@ -68,18 +104,46 @@ def split_extra(argv: Sequence[str]):
     return argv, []
 
 
-def sentence_count(data_bin: Path, subset: str, src: str, tgt: str) -> Optional[int]:
-    """Sentences in a binarised split, from the header of fairseq's mmap index (None if unreadable):
-    9-byte magic, version (u64), dtype code (u8), item count (u64)."""
-    index = data_bin / f"{subset}.{src}-{tgt}.{src}.idx"
+def check_checkpoint(path: Path) -> None:
+    """A cheap look at CHECKPOINT before fairseq-generate loads it: a file in one of torch.save's
+    formats (a zip archive with a pickle in it, read from its central directory at the end, so a
+    truncated copy is caught too; or the legacy pickle format)."""
+    if not path.exists():
+        raise EvaluationError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise EvaluationError(f"checkpoint {path} is a directory; give the checkpoint file in it "
+                              f"(e.g. {path / 'checkpoint_best.pt'})")
+    with open(path, "rb") as handle:
+        head = handle.read(len(LEGACY_TORCH_MAGIC))
+    if not head:
+        raise EvaluationError(f"checkpoint {path} is empty")
+    if head == LEGACY_TORCH_MAGIC:
+        return
     try:
-        with open(index, "rb") as handle:
-            header = handle.read(26)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise EvaluationError(f"checkpoint {path} is not a PyTorch checkpoint, or is truncated "
+                              f"(not a file torch.save writes: {error})") from None
+    if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+        raise EvaluationError(f"checkpoint {path} is a zip archive but not a PyTorch checkpoint (no data.pkl in it)")
+
+
+def failure_summary(log: Path, limit: int = 300) -> str:
+    """The line of a log that says why the program failed: the exception line of its last
+    traceback, else its last non-empty line; shortened to `limit` characters."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return None
-    if len(header) < 26 or header[:9] != b"MMIDIDX\x00\x00":
-        return None
-    return struct.unpack("<Q", header[18:26])[0]
+        return "no log"
+    found = None
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        found = next((line for line in lines[starts[-1] + 1:] if line.strip() and not line[0].isspace()), None)
+    if found is None:
+        found = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+    found = found.strip()
+    return found if len(found) <= limit else found[:limit - 3] + "..."
 
 
 def _progress(total: Optional[int]):
@@ -91,20 +155,28 @@ def _progress(total: Optional[int]):
 
 def run_generate(command: Sequence[str], out_dir: Path, total: Optional[int]) -> int:
     """Runs fairseq-generate, stdout to generate.out and stderr to generate.log, counting the
-    source lines (S-) it prints as progress; returns its exit status."""
+    source lines (S-) it prints as progress; returns its exit status. generate.out is written
+    aside and appears only when fairseq-generate succeeded."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(out_dir / "generate.out", "w", encoding="utf-8") as out, \
-            open(out_dir / "generate.log", "w", encoding="utf-8") as log, _progress(total) as bar:
-        proc = subprocess.Popen(child_command(command), stdout=subprocess.PIPE, stderr=log, env=env,
-                                text=True, encoding="utf-8")
-        try:
-            for line in proc.stdout:
-                out.write(line)
-                if line.startswith("S-"):
-                    bar.update(1)
-        finally:
-            proc.stdout.close()
-            status = proc.wait()
+    final = out_dir / GENERATE_OUT
+    part = out_dir / f".{GENERATE_OUT}.part-{os.getpid()}"
+    try:
+        with open(part, "w", encoding="utf-8") as out, \
+                open(out_dir / GENERATE_LOG, "w", encoding="utf-8") as log, _progress(total) as bar:
+            proc = subprocess.Popen(child_command(command), stdout=subprocess.PIPE, stderr=log, env=env,
+                                    text=True, encoding="utf-8", errors="replace")
+            try:
+                for line in proc.stdout:
+                    out.write(line)
+                    if line.startswith("S-"):
+                        bar.update(1)
+            finally:
+                proc.stdout.close()
+                status = proc.wait()
+        if status == 0:
+            part.replace(final)
+    finally:
+        part.unlink(missing_ok=True)
     return status
 
 
@@ -117,16 +189,18 @@ def require_fairseq() -> None:
 def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> None:
     own, extra = split_extra(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(own)
-    if not args.checkpoint.is_file():
-        raise EvaluationError(f"checkpoint {args.checkpoint} does not exist")
+    check_checkpoint(args.checkpoint)
     post_process = None if args.subwords is None else POST_PROCESS_FOR_SUBWORDS.get(args.subwords, args.subwords)
     info = inspect_data_bin(args.data_bin, args.subset, post_process, args.source_lang, args.target_lang)
     require_fairseq()
     out_dir = args.out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(f"OUT_DIR {out_dir} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Results of an earlier evaluation must not survive a failed one and look current.
-    for stale in ("scores.json", "longtail.json"):
-        (out_dir / stale).unlink(missing_ok=True)
+    keep = None if args.raw_ref is None else Path(args.raw_ref).resolve()
+    for stale in RESULT_FILES:
+        if (out_dir / stale).resolve() != keep:
+            (out_dir / stale).unlink(missing_ok=True)
     print(f"{prog}: translating {args.data_bin} [{args.subset}, {info.source_lang}-{info.target_lang}, "
           f"post-process {info.post_process}] with {args.checkpoint}", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "fairseq_cli.generate", str(args.data_bin), "--path", str(args.checkpoint),
@@ -135,12 +209,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
                "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-size", str(args.batch_size),
                "--post-process", info.post_process, *(["--cpu"] if args.cpu else []), *extra]
     total = sentence_count(args.data_bin, args.subset, info.source_lang, info.target_lang)
-    if run_generate(command, out_dir, total) != 0:
-        log = (out_dir / "generate.log").read_text(encoding="utf-8", errors="replace").splitlines()
-        print("\n".join(log[-20:]), file=sys.stderr)
-        raise EvaluationError(f"fairseq-generate failed; full log in {out_dir / 'generate.log'}")
-    score_args = ["--generate-out", str(out_dir / "generate.out"), "--out-dir", str(out_dir),
-                  "--target-lang", info.target_lang, "--data-bin", str(args.data_bin), "--subset", args.subset]
+    status = run_generate(command, out_dir, total)
+    if status != 0:
+        log = out_dir / GENERATE_LOG
+        raise EvaluationError(f"fairseq-generate failed (exit status {status}): {failure_summary(log)} "
+                              f"(full log: {log})")
+    score_args = ["--generate-out", str(out_dir / GENERATE_OUT), "--out-dir", str(out_dir),
+                  "--target-lang", info.target_lang, "--source-lang", info.source_lang,
+                  "--data-bin", str(args.data_bin), "--subset", args.subset]
     if args.raw_ref:
         score_args += ["--raw-ref", args.raw_ref]
     if args.lowercase:

@@ -2,12 +2,17 @@
 fairseq-generate, fairseq-score and the sacrebleu CLI print for the same text."""
 import json
 import re
+import shutil
 
 import pytest
+import torch
 
+from labo_fairseq.evaluation.evaluate import RESULT_FILES
+from tests.evaluation.helpers import assert_one_line_error
 from tests.toy import REPO_ROOT, run_cli
 
 EVALUATE = REPO_ROOT / "scripts" / "evaluate.sh"
+PROG = "scripts/evaluate.sh"
 
 
 def read(path):
@@ -85,6 +90,42 @@ def test_missing_split_is_an_error(toy_data_bin, toy_ls_checkpoint, tmp_path):
     proc = run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint, tmp_path / "out", "--subset", "test7"],
                    check=False)
     _assert_one_line_error(proc, toy_data_bin, "test7")
+
+
+@pytest.mark.parametrize("flag, value", [("--beam", "0"), ("--beam", "-2"), ("--batch-size", "0")])
+def test_bad_numbers_are_usage_errors(toy_data_bin, toy_ls_checkpoint, tmp_path, flag, value):
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint, tmp_path / "out", flag, value], check=False)
+    assert_one_line_error(proc, PROG, f"argument {flag}: must be at least 1, got {value}")
+    assert not (tmp_path / "out").exists()   # refused before anything ran
+
+
+def test_checkpoint_directory_is_named_as_such(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint.parent, tmp_path / "out"], check=False)
+    assert_one_line_error(proc, PROG, f"checkpoint {toy_ls_checkpoint.parent} is a directory")
+
+
+def test_random_bytes_checkpoint_is_one_line(toy_data_bin, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes((i * 7919) % 251 for i in range(5000)))
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, garbage, tmp_path / "out", "--cpu"], check=False)
+    line = assert_one_line_error(proc, PROG, garbage, "not a PyTorch checkpoint")
+    assert proc.stderr.strip().splitlines() == [line]   # checked before fairseq-generate starts
+
+
+def test_failed_generate_is_one_line_and_leaves_no_earlier_results(toy_evaluation, toy_data_bin, tmp_path):
+    # A real torch file, but no fairseq checkpoint: fairseq-generate fails when loading it.
+    not_fairseq = tmp_path / "not-fairseq.pt"
+    torch.save({"weights": torch.zeros(3)}, not_fairseq)
+    out = tmp_path / "out"
+    shutil.copytree(toy_evaluation, out)   # an earlier, successful evaluation
+    (out / "longtail.json").write_text("{}")
+    assert all((out / name).is_file() for name in RESULT_FILES if name != "ref.raw.txt")
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, not_fairseq, out, "--cpu"], check=False)
+    assert_one_line_error(proc, PROG, "fairseq-generate failed (exit status 1): KeyError:",
+                          f"full log: {out / 'generate.log'}")
+    assert len(proc.stderr.strip().splitlines()) == 2   # "translating ..." and the error
+    assert sorted(p.name for p in out.iterdir()) == ["generate.log"]
+    assert "Traceback" in (out / "generate.log").read_text()
 
 
 def test_help():

@@ -1,0 +1,73 @@
+"""labo_fairseq.evaluation.evaluate without fairseq-generate: argument checks, the checkpoint
+check and the one-line summary of a failed fairseq-generate."""
+import zipfile
+
+import pytest
+import torch
+
+from labo_fairseq.evaluation.errors import EvaluationError
+from labo_fairseq.evaluation.evaluate import build_parser, check_checkpoint, failure_summary
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--beam", "0", "argument --beam: must be at least 1, got 0"),
+    ("--beam", "-3", "argument --beam: must be at least 1, got -3"),
+    ("--beam", "five", "argument --beam: expected a positive integer, got 'five'"),
+    ("--batch-size", "0", "argument --batch-size: must be at least 1, got 0"),
+    ("--lenpen", "nan", "argument --lenpen: must be a finite number, got 'nan'"),
+    ("--lenpen", "inf", "argument --lenpen: must be a finite number, got 'inf'"),
+])
+def test_parser_refuses_bad_numbers(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser("labo-evaluate").parse_args(["d", "c", "o", flag, value])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"labo-evaluate: error: {message}"
+
+
+def test_parser_accepts_lenpen_zero_and_negative():
+    parser = build_parser("labo-evaluate")
+    assert parser.parse_args(["d", "c", "o", "--lenpen", "0"]).lenpen == 0.0   # unnormalised scores
+    assert parser.parse_args(["d", "c", "o", "--lenpen", "-0.5", "--beam", "1"]).lenpen == -0.5
+
+
+def test_checkpoint_check_accepts_both_torch_formats(tmp_path):
+    torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "zip.pt")
+    torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    check_checkpoint(tmp_path / "zip.pt")
+    check_checkpoint(tmp_path / "legacy.pt")
+
+
+def test_checkpoint_check_refuses_what_torch_cannot_load(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1000)}}, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 20)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "not a checkpoint")
+    (tmp_path / "ckpts").mkdir()
+    for name, message in (("truncated.pt", "is not a PyTorch checkpoint, or is truncated"),
+                          ("random.pt", "is not a PyTorch checkpoint, or is truncated"),
+                          ("empty.pt", "is empty"), ("other.zip", "no data.pkl"),
+                          ("ckpts", "is a directory"), ("missing.pt", "does not exist")):
+        with pytest.raises(EvaluationError, match=message) as raised:
+            check_checkpoint(tmp_path / name)
+        assert str(tmp_path / name) in str(raised.value)
+
+
+def test_failure_summary_is_the_last_exception_line(tmp_path):
+    log = tmp_path / "generate.log"
+    log.write_text("2024 | INFO | fairseq_cli.generate | loading model\n"
+                   "Traceback (most recent call last):\n  File \"a.py\", line 1, in <module>\n"
+                   "KeyError: 'model'\n\nDuring handling of the above exception, another exception occurred:\n\n"
+                   "Traceback (most recent call last):\n  File \"b.py\", line 2, in load\n    raise\n"
+                   "RuntimeError: cannot reshape tensor of 0 elements\nmore detail on a second line\n")
+    assert failure_summary(log) == "RuntimeError: cannot reshape tensor of 0 elements"
+    log.write_text("usage: generate.py [-h]\ngenerate.py: error: argument --max-len-a: invalid float value: 'x'\n\n")
+    assert failure_summary(log) == "generate.py: error: argument --max-len-a: invalid float value: 'x'"
+    log.write_text("Traceback (most recent call last):\n  File \"c.py\", line 3\nValueError: " + "x" * 1000 + "\n")
+    summary = failure_summary(log)
+    assert summary.startswith("ValueError: xxx") and summary.endswith("...") and len(summary) == 300
+    log.write_text("")
+    assert failure_summary(log) == "no output"
+    assert failure_summary(tmp_path / "missing.log") == "no log"
