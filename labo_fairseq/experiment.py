@@ -54,6 +54,7 @@ recipe's is refused, naming the flags that differ. A failed run is reported and 
 still run and are reported. Ctrl-C or SIGTERM stops every child and leaves resumable runs;
 children also die if this process is killed. One pipeline at a time may use an output
 directory.
+`--dry-run` prints each run's state and training command without running or writing anything.
 """
 
 import argparse
@@ -784,6 +785,46 @@ def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None
         lock.release()
 
 
+def run_state(recipe: Recipe, run: RunPlan, subsets: Optional[Sequence[str]]) -> str:
+    """What running the recipe would do for this run now (what --dry-run prints)."""
+    run_json = run.run_dir / "run.json"
+    if run_json.exists():
+        try:
+            recorded = json.loads(run_json.read_text(encoding="utf-8")).get("train_command") or []
+        except (OSError, ValueError, AttributeError):
+            return f"refused: {run_json} is unreadable"
+        command = train_command(recipe, run)
+        if recorded != command:
+            return f"refused: trained with another command ({describe_command_change(recorded, command)})"
+    if not (run.run_dir / TRAIN_DONE).exists():
+        last = run.checkpoints / "checkpoint_last.pt"
+        return "resume training from checkpoint_last.pt, then evaluate" if last.exists() else "train, then evaluate"
+    if subsets is not None and _eval_complete(run, subsets, evaluation_settings(recipe, subsets)):
+        return "finished (skipped)"
+    return "evaluate again (evaluation settings changed or incomplete)"
+
+
+def describe_plan(recipe: Recipe, runs: Sequence[RunPlan], out_dir: Path) -> str:
+    """--dry-run: the data step, each run's state, and the training commands as a shell script."""
+    from tabulate import tabulate
+
+    if any(recipe.data_bin.glob("dict.*.txt")):
+        data, subsets = f"use {recipe.data_bin}", resolve_subsets(recipe)
+    else:
+        prepare = "no [data] prepare command: would fail" if recipe.prepare is None else \
+            shlex.join(_substitute(a, recipe.variables, str(recipe.path)) for a in recipe.prepare)
+        data, subsets = f"prepare {recipe.data_bin}: {prepare}", None if recipe.subsets == ["all"] else recipe.subsets
+    rows = [(r.name, r.method.label, r.seed, run_state(recipe, r, subsets)) for r in runs]
+    lines = [f"recipe {recipe.path} -> {out_dir}", f"data: {data}",
+             f"test sets: {', '.join(subsets) if subsets else 'every test split of the prepared data-bin'}; "
+             f"evaluating {checkpoint_description(recipe)}", "",
+             tabulate(rows, headers=["run", "method", "seed", "to do"], tablefmt="simple", disable_numparse=True),
+             "", "# training commands (each run also writes its own to <run>/command.sh)"]
+    for run in runs:
+        lines += [f"# {run.name}", shlex.join(train_command(recipe, run))]
+    return "\n".join(lines)
+
+
 def format_summary(summary: dict) -> str:
     """What the command prints at the end: run status, then the report's headline tables
     (one per test set, with the difference to LS and its significance) and verdicts."""
@@ -805,6 +846,8 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
     parser.add_argument("--data-dir", help="value of {DATA_DIR} in the recipe (default: $DATA_DIR)")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="run only these methods or runs (e.g. ls-a0.1 labo-a0.1-tau1.25-seed2)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run (each run's state and training command) and exit")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="train and evaluate up to N runs at once (default 1: one at a time, with their "
                              "output on the console); several visible GPUs are shared round-robin")
@@ -814,7 +857,12 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
 
     def body() -> int:
         recipe = load_recipe(args.recipe, args.data_dir)
-        summary = run_experiment(recipe, Path(args.out or Path("runs") / recipe.name), args.only, args.jobs)
+        out_dir = Path(args.out or Path("runs") / recipe.name)
+        if args.dry_run:
+            runs = select_runs(plan_runs(recipe, out_dir), args.only, str(recipe.path))
+            print(describe_plan(recipe, runs, out_dir))
+            return 0
+        summary = run_experiment(recipe, out_dir, args.only, args.jobs)
         print(format_summary(summary))
         failed = [name for name, state in summary["runs"].items() if state.startswith("failed")]
         return EXIT_FAILED if failed or summary["report"] is None else 0

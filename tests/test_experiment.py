@@ -57,6 +57,13 @@ def run_experiment(recipe, out, check=True, jobs=1):
                    check=check, timeout=900)
 
 
+def dry_run_states(recipe, out):
+    """{run: "to do"} from --dry-run's table."""
+    proc = run_cli(["python", REPO_ROOT / "scripts" / "run_experiment.py", recipe, "--out", out, "--dry-run"])
+    table = proc.stdout.split("\n\n")[1].splitlines()[2:]
+    return {line.split()[0]: re.split(r"\s{2,}", line.strip())[-1] for line in table}
+
+
 def start_experiment(recipe, out, jobs=1):
     """The pipeline in the background (its own session, so that signals reach only it)."""
     env = dict(os.environ, PATH=f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
@@ -214,8 +221,12 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
     recipe = write_recipe(tmp_path / "tiny.toml", toy_data_bin, LS_AND_LABO, max_update=16,
                           average_last=2)  # 16 updates = 2 epochs of 8 batches
     out = tmp_path / "exp"
+    runs = ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1")
+    assert dry_run_states(recipe, out) == {run: "train, then evaluate" for run in runs}
+    assert not out.exists()  # a dry run writes nothing
     proc = run_experiment(recipe, out)
-    for run in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
+    assert dry_run_states(recipe, out) == {run: "finished (skipped)" for run in runs}
+    for run in runs:
         run_dir = out / run
         info = json.loads((run_dir / "run.json").read_text())
         assert info["seed"] == 1 and info["train_command"][0].endswith("fairseq-train")
@@ -248,6 +259,7 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
 
     # other [evaluate] settings re-evaluate the trained runs instead of skipping them
     recipe.write_text(recipe.read_text().replace("beam = 2", "beam = 1"))
+    assert set(dry_run_states(recipe, out).values()) == {"evaluate again (evaluation settings changed or incomplete)"}
     changed = run_experiment(recipe, out)
     assert changed.stdout.count("evaluation settings changed, evaluating again") == 2
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/train.log")} == logs
@@ -262,6 +274,8 @@ def test_changed_recipe_is_refused_for_an_existing_run(toy_data_bin, tmp_path):
                                        max_update=6), out, check=False)
     assert proc.returncode == 1
     assert "trained with a different command" in proc.stdout and "(--max-update 4 -> 6)" in proc.stdout
+    assert dry_run_states(tmp_path / "b.toml", out) == {
+        "ls-a0.1-seed1": "refused: trained with another command (--max-update 4 -> 6)"}
 
 
 def test_demo_names_the_missing_raw_file(tmp_path):
