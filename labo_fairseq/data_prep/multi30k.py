@@ -9,14 +9,12 @@ No pair is dropped (no length cleaning), so the lines stay aligned with the data
 The data-bin keeps the raw English of valid and every test split (<split>.raw.en, listed in
 prepare.json's "raw_references") for sacreBLEU; the text is lowercased, so scores are case-blind.
 """
-import argparse
-import os
 from pathlib import Path
 
 from . import common
-from .common import DEFAULT_OUT, PrepError, Timer, log
+from .common import PrepError, Timer, log
 from .moses import MosesPipeline
-from .subwords import BpeSegmenter, SpmSegmenter, learn_bpe, train_spm
+from .subwords import joint_subwords
 
 TAG = "prepare-multi30k"
 URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/{file}"
@@ -32,14 +30,11 @@ def test_split_names(n):
 
 
 def parse_args(argv=None, prog="prepare-multi30k.sh"):
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(prog, __doc__)
     parser.add_argument("--raw-dir", type=Path,
                         help="directory with train/val/test_*.{de,en}.gz (default: <out>/orig/multi30k, "
                              "downloading missing files from the multi30k/dataset repository)")
     parser.add_argument("--url", default=URL, help="download location pattern, {file} is the file name")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
     parser.add_argument("--test-sets", default="test_2016_flickr",
                         help="comma-separated raw test sets, in split order, or 'all': every test_* pair in "
                              "--raw-dir (without --raw-dir: the published ones) (default: %(default)s)")
@@ -49,9 +44,7 @@ def parse_args(argv=None, prog="prepare-multi30k.sh"):
                         help="BPE merges, or sentencepiece vocabulary size (default: %(default)s)")
     parser.add_argument("--spm-type", choices=["unigram", "bpe"], default="unigram",
                         help="sentencepiece model type (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes for tokenisation, subwords and binarisation (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    common.add_output_args(parser, NAME)
     args = parser.parse_args(argv)
     args.test_sets = [name.strip() for name in args.test_sets.split(",") if name.strip()]
     if not args.test_sets:
@@ -63,8 +56,7 @@ def parse_args(argv=None, prog="prepare-multi30k.sh"):
         args.test_sets = all_test_sets(args.raw_dir)
         if not args.test_sets:
             parser.error(f"--test-sets all: {args.raw_dir} has no test_*.{SRC}.gz with a matching test_*.{TGT}.gz")
-    if args.vocab < 1 or args.workers < 1:
-        parser.error("--vocab and --workers must be positive")
+    common.require_positive(parser, {"--vocab": args.vocab, "--workers": args.workers})
     return args
 
 
@@ -97,69 +89,53 @@ def raw_files(args, raw_names):
     return paths
 
 
-def prepare(args):
-    text_final = args.out / NAME
-    bin_final = args.out / "data-bin" / NAME
+def build(args, staging, text_dir, bin_dir):
     raw_splits = ["train", "val"] + args.test_sets
     splits = dict(zip(raw_splits, ["train", "valid"] + test_split_names(len(args.test_sets))))
-    total = Timer()
-    with common.StagedOutputs(args.out, [text_final, bin_final], args.force, TAG) as staging:
-        paths = raw_files(args, [f"{name}.{lang}" for name in raw_splits for lang in (SRC, TGT)])
-        text_dir, bin_dir = staging.staged(text_final), staging.staged(bin_final)
-        tok_dir = text_dir / "tok"
-        tok_dir.mkdir(parents=True)
-        counts = {}
-        for raw_name, split in splits.items():
-            timer = Timer()
-            for lang in (SRC, TGT):
-                pipeline = MosesPipeline(lang, ["lowercase", "normalize", "tokenize"])
-                common.map_file(pipeline, paths[f"{raw_name}.{lang}"], tok_dir / f"{split}.{lang}", args.workers)
-            counts[split] = common.check_parallel(tok_dir / f"{split}.{SRC}", tok_dir / f"{split}.{TGT}")
-            if counts[split] == 0:
-                raise PrepError(f"{paths[f'{raw_name}.{SRC}']}: no lines")
-            log(TAG, f"{raw_name} -> {split}: {counts[split]} pairs tokenised ({timer})")
-        empty = sum(1 for line in common.read_lines(tok_dir / f"train.{TGT}") if not line)
-        if empty == counts["train"]:
-            raise PrepError(f"{paths['train.' + TGT]}: every line is empty")
-
+    paths = raw_files(args, [f"{name}.{lang}" for name in raw_splits for lang in (SRC, TGT)])
+    tok_dir = text_dir / "tok"
+    tok_dir.mkdir(parents=True)
+    counts = {}
+    for raw_name, split in splits.items():
         timer = Timer()
-        train_tok = [tok_dir / f"train.{SRC}", tok_dir / f"train.{TGT}"]
-        if args.subwords == "bpe":
-            n_merges = learn_bpe(train_tok, text_dir / "code", args.vocab, staging.work)
-            segmenter = BpeSegmenter(text_dir / "code")
-            log(TAG, f"learned {n_merges} BPE merges on train.{SRC} + train.{TGT} ({timer})")
-        else:
-            model = train_spm(train_tok, text_dir / "spm.model", args.vocab, args.spm_type, args.workers)
-            segmenter = SpmSegmenter(model)
-            log(TAG, f"trained a {args.spm_type} sentencepiece model on train.{SRC} + train.{TGT} ({timer})")
-        timer = Timer()
-        for split in splits.values():
-            for lang in (SRC, TGT):
-                common.map_file(segmenter, tok_dir / f"{split}.{lang}", text_dir / f"{split}.{lang}", args.workers)
-        log(TAG, f"applied subwords to {', '.join(splits.values())} ({timer})")
-        common.write_lines(text_dir / "test-sets.tsv",
-                           [f"{split}\t{raw}" for raw, split in splits.items() if split.startswith("test")])
+        n = {lang: common.map_file(MosesPipeline(lang, ["lowercase", "normalize", "tokenize"]),
+                                   paths[f"{raw_name}.{lang}"], tok_dir / f"{split}.{lang}", args.workers)
+             for lang in (SRC, TGT)}
+        counts[split] = common.check_counts(paths[f"{raw_name}.{SRC}"], n[SRC], paths[f"{raw_name}.{TGT}"], n[TGT])
+        if counts[split] == 0:
+            raise PrepError(f"{paths[f'{raw_name}.{SRC}']}: no lines")
+        log(TAG, f"{raw_name} -> {split}: {counts[split]} pairs tokenised ({timer})")
+    empty = sum(1 for line in common.read_lines(tok_dir / f"train.{TGT}") if not line)
+    if empty == counts["train"]:
+        raise PrepError(f"{paths['train.' + TGT]}: every line is empty")
 
-        timer = Timer()
-        test_splits = test_split_names(len(args.test_sets))
-        sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers)
-        log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
-        raw_refs = common.write_raw_references(bin_dir, TGT, {
-            split: common.read_lines(paths[f"{raw}.{TGT}"]) for raw, split in splits.items() if split != "train"})
-        common.write_prepare_json(bin_dir, {
-            "dataset": "multi30k", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
-            "vocab": args.vocab, "spm_type": args.spm_type if args.subwords == "spm" else None,
-            "tokenizer": "moses", "moses_escape": True, "lowercase": True, "joined_dictionary": True,
-            "test_sets": {split: raw for raw, split in splits.items() if split.startswith("test")},
-            "raw_references": raw_refs, "pairs": counts,
-        })
-        staging.commit()
-    log(TAG, f"done in {total}: {text_final} and {bin_final}")
+    train_tok = [tok_dir / f"train.{SRC}", tok_dir / f"train.{TGT}"]
+    segmenter, subword_record = joint_subwords(args, train_tok, text_dir, staging.work, TAG,
+                                               f"{paths['train.' + SRC]} and {paths['train.' + TGT]}")
+    timer = Timer()
+    for split in splits.values():
+        for lang in (SRC, TGT):
+            common.map_file(segmenter, tok_dir / f"{split}.{lang}", text_dir / f"{split}.{lang}", args.workers)
+    log(TAG, f"applied subwords to {', '.join(splits.values())} ({timer})")
+    common.write_lines(text_dir / "test-sets.tsv",
+                       [f"{split}\t{raw}" for raw, split in splits.items() if split.startswith("test")])
+
+    timer = Timer()
+    test_splits = test_split_names(len(args.test_sets))
+    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers)
+    log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
+    raw_refs = common.write_raw_references(bin_dir, TGT, {
+        split: common.read_lines(paths[f"{raw}.{TGT}"]) for raw, split in splits.items() if split != "train"})
+    common.write_prepare_json(bin_dir, {
+        "dataset": "multi30k", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
+        **subword_record, "dictionary_sizes": sizes,
+        "tokenizer": "moses", "moses_escape": True, "lowercase": True, "joined_dictionary": True,
+        "test_sets": {split: raw for raw, split in splits.items() if split.startswith("test")},
+        "raw_references": raw_refs, "pairs": counts,
+    })
 
 
-def main(argv=None, prog=None):
-    args = parse_args(argv) if prog is None else parse_args(argv, prog)
-    return common.run_main(prog or TAG, lambda: prepare(args))
+main = common.command(TAG, NAME, parse_args, build)
 
 
 if __name__ == "__main__":

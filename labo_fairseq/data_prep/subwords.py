@@ -4,7 +4,7 @@ import io
 import sys
 from pathlib import Path
 
-from .common import PrepError, concatenate
+from .common import PrepError, Timer, concatenate, log, warn
 
 SPM_SEED = 1
 
@@ -36,25 +36,37 @@ def learn_bpe(train_paths, codes_path, merges, scratch_dir):
     return sum(1 for line in open(codes_path, encoding="utf-8") if not line.startswith("#version"))
 
 
-class BpeSegmenter:
-    """Picklable block transform: apply_bpe.py -c codes (separator '@@')."""
+class _FileModelTransform:
+    """A picklable block transform built on a model file, loaded on first use in each process (the
+    workers of map_lines get the path, not the loaded model)."""
 
-    def __init__(self, codes_path):
-        self.codes_path = str(codes_path)
-        self._bpe = None
+    def __init__(self, path):
+        self.path = str(path)
+        self._model = None
 
     def __getstate__(self):
-        return {"codes_path": self.codes_path}
+        return {"path": self.path}
 
     def __setstate__(self, state):
-        self.__init__(state["codes_path"])
+        self.__init__(state["path"])
 
     def __call__(self, block):
-        if self._bpe is None:
-            from subword_nmt.apply_bpe import BPE
-            with open(self.codes_path, encoding="utf-8") as codes:
-                self._bpe = BPE(codes)
-        return [self._bpe.process_line(line) for line in block]
+        if self._model is None:
+            self._model = self.load()
+        return self.apply(self._model, block)
+
+
+class BpeSegmenter(_FileModelTransform):
+    """apply_bpe.py -c codes (separator '@@')."""
+
+    def load(self):
+        from subword_nmt.apply_bpe import BPE
+        with open(self.path, encoding="utf-8") as codes:
+            return BPE(codes)
+
+    @staticmethod
+    def apply(bpe, block):
+        return [bpe.process_line(line) for line in block]
 
 
 def _lines_of(paths):
@@ -64,13 +76,14 @@ def _lines_of(paths):
                 yield line.rstrip("\n")
 
 
-def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sentences=4_000_000):
+def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sentences=4_000_000, source=None):
     """A joint sentencepiece model over train_paths, written to model_path.
 
     fairseq adds its own <s>, </s>, <pad>, so the model keeps only <unk>. The vocabulary size is a soft
     limit so that tiny corpora do not fail; on real corpora it is reached exactly. Sentences are fed
     from Python rather than by file name because the model records its input paths (which would make
-    the file differ between runs); sampling (only past max_sentences) uses a fixed seed.
+    the file differ between runs); sampling (only past max_sentences) uses a fixed seed. Errors
+    name `source` (the user's files the training text came from) rather than train_paths.
     """
     import sentencepiece as spm
     spm.set_random_generator_seed(SPM_SEED)
@@ -83,28 +96,55 @@ def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sent
             hard_vocab_limit=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
             minloglevel=2)
     except (RuntimeError, OSError) as e:
-        raise PrepError(f"sentencepiece training on {', '.join(map(str, train_paths))} failed: "
+        raise PrepError(f"sentencepiece training on {source or ', '.join(map(str, train_paths))} failed: "
                         f"{str(e).strip().splitlines()[-1]}") from None
     Path(model_path).write_bytes(model.getvalue())
     return Path(model_path)
 
 
-class SpmSegmenter:
-    """Picklable block transform: sentencepiece pieces joined by spaces (fairseq's --bpe sentencepiece
-    input format; undone with --remove-bpe sentencepiece)."""
+def spm_pieces(model_path):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=str(model_path)).get_piece_size()
 
-    def __init__(self, model_path):
-        self.model_path = str(model_path)
-        self._sp = None
 
-    def __getstate__(self):
-        return {"model_path": self.model_path}
+def warn_shortfall(tag, requested, produced, unit, source):
+    """One warning line when the train text gave fewer merges or pieces than --vocab asked for."""
+    if produced < requested:
+        warn(tag, f"--vocab {requested}: the train text of {source} allows only {produced} {unit} "
+                  f"(prepare.json records both)")
 
-    def __setstate__(self, state):
-        self.__init__(state["model_path"])
 
-    def __call__(self, block):
-        if self._sp is None:
-            import sentencepiece as spm
-            self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
-        return [" ".join(pieces) for pieces in self._sp.encode(block, out_type=str)]
+def joint_subwords(args, train_paths, text_dir, scratch_dir, tag, source):
+    """Learns args.subwords ("bpe": args.vocab merges into text_dir/code; "spm": an args.spm_type
+    model of args.vocab pieces, text_dir/spm.model) on train_paths, the tokenised train text of
+    `source`; returns (block transform, prepare.json entries). The entries record what was
+    requested ("vocab") and what the text allowed ("vocab_produced"): both tools stop early on a
+    small corpus, which is reported as a one-line warning."""
+    timer = Timer()
+    sides = " + ".join(Path(p).name for p in train_paths)
+    if args.subwords == "bpe":
+        produced = learn_bpe(train_paths, text_dir / "code", args.vocab, scratch_dir)
+        segmenter, unit = BpeSegmenter(text_dir / "code"), "BPE merges"
+        log(tag, f"learned {produced} BPE merges on {sides} ({timer})")
+    else:
+        model = train_spm(train_paths, text_dir / "spm.model", args.vocab, args.spm_type, args.workers,
+                          source=source)
+        produced = spm_pieces(model)
+        segmenter, unit = SpmSegmenter(model), "sentencepiece pieces"
+        log(tag, f"trained a {args.spm_type} sentencepiece model of {produced} pieces on {sides} ({timer})")
+    warn_shortfall(tag, args.vocab, produced, unit, source)
+    return segmenter, {"vocab": args.vocab, "vocab_produced": produced,
+                       "spm_type": args.spm_type if args.subwords == "spm" else None}
+
+
+class SpmSegmenter(_FileModelTransform):
+    """Sentencepiece pieces joined by spaces (fairseq's --bpe sentencepiece input format; undone with
+    --remove-bpe sentencepiece)."""
+
+    def load(self):
+        import sentencepiece as spm
+        return spm.SentencePieceProcessor(model_file=self.path)
+
+    @staticmethod
+    def apply(sp, block):
+        return [" ".join(pieces) for pieces in sp.encode(block, out_type=str)]

@@ -13,14 +13,12 @@ segments), listed in prepare.json's "raw_references", for sacreBLEU.
 Differences from fairseq's script: its valid set is every 100th train pair (it downloads
 newstest2013 but does not use it); here valid is newstest2013, and all train pairs are train.
 """
-import argparse
-import os
 from pathlib import Path
 
 from . import common
-from .common import DEFAULT_OUT, PrepError, Timer, log
+from .common import PrepError, Timer, log
 from .moses import MosesPipeline, clean_corpus, describe_cleaning
-from .subwords import BpeSegmenter, SpmSegmenter, learn_bpe, train_spm
+from .subwords import joint_subwords
 
 TAG = "prepare-wmt14en2de"
 SRC, TGT = "en", "de"
@@ -42,14 +40,11 @@ DEFAULT_VOCAB = {"spm": 32000, "bpe": 40000}
 
 
 def parse_args(argv=None, prog="prepare-wmt14en2de.sh"):
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.argument_parser(prog, __doc__)
     parser.add_argument("--raw-dir", type=Path,
                         help="directory with the statmt.org archives (training-parallel-*.tgz, dev.tgz, "
                              "test-full.tgz) or their extracted files (default: <out>/orig/wmt14, "
                              "downloading missing archives)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"output root; writes <out>/{NAME}/ and <out>/data-bin/{NAME}/ (default: %(default)s)")
     parser.add_argument("--subwords", choices=["spm", "bpe"], default="spm",
                         help="joint sentencepiece model or subword-nmt BPE (default: %(default)s)")
     parser.add_argument("--vocab", type=int,
@@ -59,15 +54,11 @@ def parse_args(argv=None, prog="prepare-wmt14en2de.sh"):
     parser.add_argument("--news-commentary", choices=sorted(NEWS_COMMENTARY), default="v9",
                         help="News Commentary release: v9 is WMT'14's (default), v12 what fairseq's "
                              "script uses without --icml17")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes for normalisation/tokenisation, subwords and binarisation "
-                             "(default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    common.add_output_args(parser, NAME, "normalisation/tokenisation, subwords and binarisation")
     args = parser.parse_args(argv)
     if args.vocab is None:
         args.vocab = DEFAULT_VOCAB[args.subwords]
-    if args.vocab < 1 or args.workers < 1:
-        parser.error("--vocab and --workers must be positive")
+    common.require_positive(parser, {"--vocab": args.vocab, "--workers": args.workers})
     return args
 
 
@@ -80,15 +71,20 @@ def needed_files(args):
     return needed
 
 
+def raw_dir_of(args):
+    return args.raw_dir or (args.out / "orig" / "wmt14")
+
+
 def gather_raw_files(args, dest_dir):
-    """{member: path}: extracted files in the raw directory are used as they are, otherwise the members
-    are extracted from the archives there; archives are downloaded only into the default raw directory."""
-    raw_dir = args.raw_dir or (args.out / "orig" / "wmt14")
+    """({member: path}, {member: name for messages}): extracted files in the raw directory are used as
+    they are, otherwise the members are extracted from the archives there (and named as members of
+    the archive); archives are downloaded only into the default raw directory."""
+    raw_dir = raw_dir_of(args)
     by_archive = {}
-    paths = {}
+    paths, names = {}, {}
     for url, member in needed_files(args):
         if (raw_dir / member).is_file():
-            paths[member] = raw_dir / member
+            paths[member] = names[member] = raw_dir / member
         else:
             by_archive.setdefault(url, []).append(member)
     for url, members in by_archive.items():
@@ -103,95 +99,81 @@ def gather_raw_files(args, dest_dir):
             log(TAG, f"downloading {url}")
             common.download(url, archive, "put the archives in a directory and pass --raw-dir DIR")
         paths.update(zip(members, common.extract_members(archive, members, dest_dir)))
+        names.update((member, common.member_name(archive, member)) for member in members)
         log(TAG, f"extracted {', '.join(members)} from {archive}")
-    return paths
+    return paths, names
 
 
-def prepare(args):
-    text_final = args.out / NAME
-    bin_final = args.out / "data-bin" / NAME
-    total = Timer()
-    with common.StagedOutputs(args.out, [text_final, bin_final], args.force, TAG) as staging:
-        tmp = staging.work
-        text_dir, bin_dir = staging.staged(text_final), staging.staged(bin_final)
-        text_dir.mkdir()
-        raw = gather_raw_files(args, tmp / "orig")
+def build(args, staging, text_dir, bin_dir):
+    tmp = staging.work
+    raw, names = gather_raw_files(args, tmp / "orig")
 
-        corpora = TRAIN_CORPORA + [NEWS_COMMENTARY[args.news_commentary]]
-        for _, prefix in corpora:
-            common.check_parallel(raw[f"{prefix}.{SRC}"], raw[f"{prefix}.{TGT}"])
+    corpora = TRAIN_CORPORA + [NEWS_COMMENTARY[args.news_commentary]]
+    for _, prefix in corpora:
+        sides = (f"{prefix}.{SRC}", f"{prefix}.{TGT}")
+        common.check_parallel(raw[sides[0]], raw[sides[1]], (names[sides[0]], names[sides[1]]))
+    for lang in (SRC, TGT):
+        pipeline = MosesPipeline(lang, ["normalize", "remove-non-printing", "tokenize-aggressive"])
+        with open(tmp / f"train.tok.{lang}", "w", encoding="utf-8", newline="\n") as out:
+            for _, prefix in corpora:
+                timer = Timer()
+                n = 0
+                member = f"{prefix}.{lang}"
+                for line in common.map_lines(pipeline, common.read_lines(raw[member], names[member]), args.workers):
+                    out.write(line + "\n")
+                    n += 1
+                log(TAG, f"{prefix}.{lang}: {n} lines normalised and tokenised ({timer})")
+
+    counts = {}
+    raw_targets = {}  # newstest2013/2014 German as published (the .sgm segments' text), for sacreBLEU
+    for split, members, extract in (("valid", VALID_MEMBERS, common.read_lines),
+                                    ("test", TEST_MEMBERS, common.extract_segments)):
         for lang in (SRC, TGT):
-            pipeline = MosesPipeline(lang, ["normalize", "remove-non-printing", "tokenize-aggressive"])
-            with open(tmp / f"train.tok.{lang}", "w", encoding="utf-8", newline="\n") as out:
-                for _, prefix in corpora:
-                    timer = Timer()
-                    n = 0
-                    for line in common.map_lines(pipeline, common.read_lines(raw[f"{prefix}.{lang}"]), args.workers):
-                        out.write(line + "\n")
-                        n += 1
-                    log(TAG, f"{prefix}.{lang}: {n} lines normalised and tokenised ({timer})")
+            pipeline = MosesPipeline(lang, ["apostrophe", "tokenize-aggressive"])
+            lines = list(extract(raw[members[lang]], names[members[lang]]))
+            if lang == TGT:
+                raw_targets[split] = lines
+            counts[(split, lang)] = common.write_lines(
+                tmp / f"{split}.tok.{lang}", common.map_lines(pipeline, lines, args.workers))
+        common.check_counts(names[members[SRC]], counts[(split, SRC)], names[members[TGT]], counts[(split, TGT)],
+                            "segments" if split == "test" else "lines")
+        log(TAG, f"{split} ({Path(members[SRC]).name.split('.')[0].split('-')[0]}): "
+                 f"{counts[(split, SRC)]} pairs tokenised")
 
-        counts = {}
-        raw_targets = {}  # newstest2013/2014 German as published (the .sgm segments' text), for sacreBLEU
-        for split, members, extract in (("valid", VALID_MEMBERS, common.read_lines),
-                                        ("test", TEST_MEMBERS, common.extract_segments)):
-            for lang in (SRC, TGT):
-                pipeline = MosesPipeline(lang, ["apostrophe", "tokenize-aggressive"])
-                lines = list(extract(raw[members[lang]]))
-                if lang == TGT:
-                    raw_targets[split] = lines
-                counts[(split, lang)] = common.write_lines(
-                    tmp / f"{split}.tok.{lang}", common.map_lines(pipeline, lines, args.workers))
-            if counts[(split, SRC)] != counts[(split, TGT)]:
-                raise PrepError(f"line-count mismatch: {raw[members[SRC]]} has {counts[(split, SRC)]} segments, "
-                                f"{raw[members[TGT]]} has {counts[(split, TGT)]}")
-            log(TAG, f"{split} ({Path(members[SRC]).name.split('.')[0].split('-')[0]}): "
-                     f"{counts[(split, SRC)]} pairs tokenised")
+    train_tok = [tmp / f"train.tok.{SRC}", tmp / f"train.tok.{TGT}"]
+    segmenter, subword_record = joint_subwords(args, train_tok, text_dir, tmp, TAG,
+                                               f"the training corpora in {raw_dir_of(args)}")
+    timer = Timer()
+    for split in ("train", "valid", "test"):
+        for lang in (SRC, TGT):
+            dest = (tmp / f"train.sub.{lang}") if split == "train" else (text_dir / f"{split}.{lang}")
+            common.map_file(segmenter, tmp / f"{split}.tok.{lang}", dest, args.workers)
+    log(TAG, f"applied subwords to train, valid, test ({timer})")
 
-        timer = Timer()
-        train_tok = [tmp / f"train.tok.{SRC}", tmp / f"train.tok.{TGT}"]
-        if args.subwords == "bpe":
-            n_merges = learn_bpe(train_tok, text_dir / "code", args.vocab, tmp)
-            segmenter = BpeSegmenter(text_dir / "code")
-            log(TAG, f"learned {n_merges} BPE merges on train.{SRC} + train.{TGT} ({timer})")
-        else:
-            model = train_spm(train_tok, text_dir / "spm.model", args.vocab, args.spm_type, args.workers)
-            segmenter = SpmSegmenter(model)
-            log(TAG, f"trained a {args.spm_type} sentencepiece model on train.{SRC} + train.{TGT} ({timer})")
-        timer = Timer()
-        for split in ("train", "valid", "test"):
-            for lang in (SRC, TGT):
-                dest = (tmp / f"train.sub.{lang}") if split == "train" else (text_dir / f"{split}.{lang}")
-                common.map_file(segmenter, tmp / f"{split}.tok.{lang}", dest, args.workers)
-        log(TAG, f"applied subwords to train, valid, test ({timer})")
+    n_in, n_train, dropped = clean_corpus(tmp / f"train.sub.{SRC}", tmp / f"train.sub.{TGT}",
+                                          text_dir / f"train.{SRC}", text_dir / f"train.{TGT}",
+                                          min_len=1, max_len=250, ratio=1.5)
+    log(TAG, f"clean-corpus-n on subworded train (1..250 tokens, ratio 1.5): "
+             f"{describe_cleaning(n_in, n_train, dropped)}")
+    if n_train == 0:
+        raise PrepError(f"no training pairs left after cleaning (1..250 subwords, length ratio 1.5) "
+                        f"{', '.join(str(names[f'{p}.{SRC}']) for _, p in corpora)}")
 
-        n_in, n_train, dropped = clean_corpus(tmp / f"train.sub.{SRC}", tmp / f"train.sub.{TGT}",
-                                              text_dir / f"train.{SRC}", text_dir / f"train.{TGT}",
-                                              min_len=1, max_len=250, ratio=1.5)
-        log(TAG, f"clean-corpus-n on subworded train (1..250 tokens, ratio 1.5): "
-                 f"{describe_cleaning(n_in, n_train, dropped)}")
-        if n_train == 0:
-            raise PrepError(f"no training pairs left after cleaning {', '.join(str(raw[f'{p}.{SRC}']) for _, p in corpora)}")
-
-        timer = Timer()
-        sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers)
-        log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
-        raw_refs = common.write_raw_references(bin_dir, TGT, raw_targets)
-        common.write_prepare_json(bin_dir, {
-            "dataset": "wmt14_en_de", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
-            "vocab": args.vocab, "spm_type": args.spm_type if args.subwords == "spm" else None,
-            "news_commentary": args.news_commentary, "tokenizer": "moses", "moses_aggressive_dash_splits": True,
-            "moses_escape": True, "lowercase": False, "joined_dictionary": True,
-            "test_sets": {"valid": "newstest2013", "test": "newstest2014"}, "raw_references": raw_refs,
-            "pairs": {"train": n_train, "valid": counts[("valid", SRC)], "test": counts[("test", SRC)]},
-        })
-        staging.commit()
-    log(TAG, f"done in {total}: {text_final} and {bin_final}")
+    timer = Timer()
+    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers)
+    log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
+    raw_refs = common.write_raw_references(bin_dir, TGT, raw_targets)
+    common.write_prepare_json(bin_dir, {
+        "dataset": "wmt14_en_de", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
+        **subword_record, "dictionary_sizes": sizes,
+        "news_commentary": args.news_commentary, "tokenizer": "moses", "moses_aggressive_dash_splits": True,
+        "moses_escape": True, "lowercase": False, "joined_dictionary": True,
+        "test_sets": {"valid": "newstest2013", "test": "newstest2014"}, "raw_references": raw_refs,
+        "pairs": {"train": n_train, "valid": counts[("valid", SRC)], "test": counts[("test", SRC)]},
+    })
 
 
-def main(argv=None, prog=None):
-    args = parse_args(argv) if prog is None else parse_args(argv, prog)
-    return common.run_main(prog or TAG, lambda: prepare(args))
+main = common.command(TAG, NAME, parse_args, build)
 
 
 if __name__ == "__main__":

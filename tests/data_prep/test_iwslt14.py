@@ -120,7 +120,8 @@ def test_refuses_to_overwrite_and_failed_force_keeps_previous_output(iwslt_archi
         xml_override={"de-en/IWSLT14.TED.tst2011.de-en.en.xml": '<doc>\n<seg id="1">no end\n</doc>\n'})
     code, err = run_prepare(capsys, "--archive", broken, "--out", out, "--bpe-tokens", "50", "--force")
     assert code == 2
-    assert "IWSLT14.TED.tst2011.de-en.en.xml: line 2: malformed segment" in err
+    assert f"de-en/IWSLT14.TED.tst2011.de-en.en.xml in {broken}: line 2: malformed segment" in err
+    assert ".tmp-" not in err
     assert text_hashes(out) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -163,7 +164,8 @@ def error_cases(tmp_path):
         (["--archive", make_archive(tmp_path / "partial.tgz", {"de-en/README": "x\n"})],
          "partial.tgz: missing de-en/IWSLT14.TED.dev2010.de-en.de.xml"),
         (["--archive", make_archive(tmp_path / "mismatch.tgz", mismatch)],
-         "line-count mismatch: .*train.tags.tok.de has 2 lines, .*train.tags.tok.en has 1"),
+         "line-count mismatch: de-en/train.tags.de-en.de in .*mismatch.tgz has 2 lines without tags, "
+         "de-en/train.tags.de-en.en in .*mismatch.tgz has 1$"),
         (["--archive", make_archive(tmp_path / "empty.tgz", empty)],
          "no training pairs left after cleaning .*train.tags.de-en.de"),
         (["--archive", make_archive(tmp_path / "segments.tgz", segment_counts)],
@@ -178,7 +180,7 @@ def test_errors_name_the_file_and_values(tmp_path, capsys):
     for args, message in error_cases(tmp_path):
         if "--out" not in args:
             args = args + ["--out", tmp_path / "out"]
-        code, err = run_main(capsys, *args, "--workers", "1")
+        code, err = run_prepare(capsys, *args, "--workers", "1")
         assert code == 2, (args, err)
         assert err.count("\n") == 1 and err.startswith("prepare-iwslt14: error: "), err
         assert re.search(message, err), (message, err)

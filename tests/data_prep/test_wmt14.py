@@ -67,11 +67,13 @@ def test_errors(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and err.startswith("prepare-wmt14en2de: error: "), err
         return err
 
-    assert "line-count mismatch: " in run("--raw-dir", raw_dir) and "commoncrawl.de-en.en has 40 lines" in run(
-        "--raw-dir", raw_dir)
+    commoncrawl = raw_dir / "training-parallel-commoncrawl.tgz"
+    assert (f"line-count mismatch: commoncrawl.de-en.en in {commoncrawl} has 40 lines, "
+            f"commoncrawl.de-en.de in {commoncrawl} has 1\n") in run("--raw-dir", raw_dir)
     fixtures.make_wmt_raw_dir(raw_dir, override={
         "test-full/newstest2014-deen-ref.de.sgm": '<refset>\n<seg id="1">Hallo\n</refset>\n'})
-    assert "newstest2014-deen-ref.de.sgm: line 2: malformed segment" in run("--raw-dir", raw_dir)
+    assert (f"test-full/newstest2014-deen-ref.de.sgm in {raw_dir / 'test-full.tgz'}: line 2: malformed segment"
+            in run("--raw-dir", raw_dir))
     (raw_dir / "dev.tgz").unlink()
     assert "dev.tgz: file not found" in run("--raw-dir", raw_dir)
     assert not (tmp_path / "out" / NAME).exists()
