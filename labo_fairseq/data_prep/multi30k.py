@@ -46,6 +46,12 @@ def parse_args(argv=None, prog="prepare-multi30k.sh"):
                         help="sentencepiece model type (default: %(default)s)")
     common.add_output_args(parser, NAME)
     args = parser.parse_args(argv)
+    try:
+        args.url.format(file="train.de.gz")
+    except KeyError as e:
+        parser.error(f"--url {args.url}: unknown field {{{e.args[0]}}}; the only field is {{file}}")
+    except (IndexError, ValueError, AttributeError, TypeError) as e:
+        parser.error(f"--url {args.url}: not a valid pattern ({e}); the only field is {{file}}")
     args.test_sets = [name.strip() for name in args.test_sets.split(",") if name.strip()]
     if not args.test_sets:
         parser.error("--test-sets needs at least one name")
