@@ -21,7 +21,6 @@ directory, so that checkpoints of labo_fairseq models and criteria load.
 """
 import argparse
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from labo_fairseq.evaluation import score
+from labo_fairseq.evaluation.arguments import finite_float, output_dir, positive_int
 from labo_fairseq.evaluation.databin import inspect_data_bin, sentence_count
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, POST_PROCESS_MODES
@@ -48,33 +48,13 @@ RESULT_FILES = (*score.TEXT_FILES, score.SCORES_FILE, "longtail.json", GENERATE_
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=f"{prog} DATA_BIN CHECKPOINT OUT_DIR [options] [-- EXTRA_FAIRSEQ_GENERATE_ARGS...]")
     parser.add_argument("data_bin", metavar="DATA_BIN", type=Path, help="fairseq data-bin directory")
     parser.add_argument("checkpoint", metavar="CHECKPOINT", type=Path, help="model checkpoint (.pt)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="where the outputs go")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=output_dir, help="where the outputs go")
     parser.add_argument("--subset", default="test", help="split to translate (default: %(default)s)")
     parser.add_argument("--beam", type=positive_int, default=5, help="beam size (default: %(default)s)")
     parser.add_argument("--lenpen", type=finite_float, default=1.0,
@@ -194,8 +174,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
     info = inspect_data_bin(args.data_bin, args.subset, post_process, args.source_lang, args.target_lang)
     require_fairseq()
     out_dir = args.out_dir
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(f"OUT_DIR {out_dir} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     keep = None if args.raw_ref is None else Path(args.raw_ref).resolve()
     for stale in RESULT_FILES:

@@ -29,15 +29,17 @@ side has them.
 """
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation.arguments import output_file
 from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
-from labo_fairseq.textfiles import read_lines
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, SENTENCEPIECE_SPACE, remove_subwords
+from labo_fairseq.textfiles import read_lines, write_json_atomic
 
 DEFAULT_BUCKETS = (1, 2, 3, 4, 5, 10, 100, 1000)   # compare_mt.bucketers.FreqWordBucketer's default
 LEVELS = ("token", "word")
@@ -59,10 +61,16 @@ def bucket_ranges(lower_edges: Sequence[int] = DEFAULT_BUCKETS) -> List[Tuple[in
 
 
 def parse_buckets(text: str) -> List[int]:
+    """--buckets' value: comma-separated, strictly increasing integers >= 1 (argparse type)."""
     try:
-        return [int(edge) for edge in text.split(",") if edge.strip()]
+        edges = [int(edge) for edge in text.split(",") if edge.strip()]
     except ValueError:
-        raise EvaluationError(f"--buckets must be comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    try:
+        bucket_ranges(edges)
+    except EvaluationError as error:
+        raise argparse.ArgumentTypeError(f"{error} (from {text!r})") from None
+    return edges
 
 
 def bucket_of(frequency: int, ranges: Sequence[Tuple[int, Optional[int]]]) -> int:
@@ -190,19 +198,49 @@ def bucket_label(bucket: dict) -> str:
     return str(lo) if hi == lo + 1 else f"[{lo},{hi})"
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bucket_problem(bucket) -> Optional[str]:
+    """What is wrong with one entry of longtail.json's "buckets", or None."""
+    if not isinstance(bucket, dict):
+        return f"is not an object: {bucket!r}"
+    missing = [key for key in BUCKET_KEYS if key not in bucket]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    for key in ("lo", "types", "ref_count", "hyp_count"):
+        if not _is_count(bucket[key]):
+            return f"\"{key}\" must be a non-negative integer, got {bucket[key]!r}"
+    if bucket["hi"] is not None and not _is_count(bucket["hi"]):
+        return f"\"hi\" must be a non-negative integer or null, got {bucket['hi']!r}"
+    for key in ("ratio", "precision", "recall", "f1"):
+        if not (_is_number(bucket[key]) or (key == "ratio" and bucket[key] is None)):
+            return f"\"{key}\" must be a number, got {bucket[key]!r}"
+    return None
+
+
 def load_longtail(path) -> dict:
+    """A longtail.json this module wrote; anything else is an EvaluationError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"long-tail file {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        buckets = data["buckets"]
-        for bucket in buckets:
-            missing = [key for key in BUCKET_KEYS if key not in bucket]
-            if missing:
-                raise KeyError(missing)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise EvaluationError(f"{path} is not a long-tail JSON file ({error!r})")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"long-tail file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("buckets"), list) or not data["buckets"]:
+        raise EvaluationError(f"long-tail file {path} is not a long-tail JSON file (no \"buckets\" list)")
+    if "level" in data and data["level"] not in LEVELS:
+        raise EvaluationError(f"long-tail file {path}: \"level\" must be one of {LEVELS}, got {data['level']!r}")
+    for index, bucket in enumerate(data["buckets"]):
+        problem = _bucket_problem(bucket)
+        if problem:
+            raise EvaluationError(f"long-tail file {path}: bucket {index} {problem}")
     return data
 
 
@@ -229,25 +267,22 @@ def main(argv=None, prog="longtail.py"):
     parser.add_argument("--train-ref", required=True, help="training target text (as binarised: subwords)")
     parser.add_argument("--hyp", required=True, help="hypotheses, one per line")
     parser.add_argument("--ref", required=True, help="references, one per line")
-    parser.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
+    parser.add_argument("--buckets", type=parse_buckets, default=list(DEFAULT_BUCKETS),
                         help="lower edges of training-frequency buckets; a bucket for unseen types "
-                             "is always added (default: compare-mt's %(default)s)")
+                             "is always added (default: compare-mt's " + ",".join(map(str, DEFAULT_BUCKETS)) + ")")
     parser.add_argument("--level", choices=LEVEL_CHOICES, default="auto",
                         help="token: units as given; word: join subwords first; auto: word when the "
                              "training text or the hypotheses carry subword markers (default: %(default)s)")
     parser.add_argument("--subwords", choices=("bpe", "spm"),
                         help="segmentation undone by --level word (default: detected from the markers, else bpe)")
-    parser.add_argument("--json", required=True, help="output JSON file")
-    parser.add_argument("--png", help="also plot F1 and hyp/ref ratio per bucket")
+    parser.add_argument("--json", required=True, type=output_file, help="output JSON file")
+    parser.add_argument("--png", type=output_file, help="also plot F1 and hyp/ref ratio per bucket")
     args = parser.parse_args(argv)
-    result = analyse_files(args.train_ref, args.hyp, args.ref, parse_buckets(args.buckets), args.level, args.subwords)
+    result = analyse_files(args.train_ref, args.hyp, args.ref, args.buckets, args.level, args.subwords)
     if result.get("note"):
-        print(f"longtail.py: {result['note']}", file=sys.stderr)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")   # never a half-written longtail.json
-    part.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    part.replace(out)
+        print(f"{prog}: {result['note']}", file=sys.stderr)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.json, result)
     if args.png:
         from labo_fairseq.evaluation.plots import plot_longtail
 

@@ -16,6 +16,7 @@ import argparse
 import base64
 import html
 import json
+import os
 import re
 import shutil
 import sys
@@ -26,12 +27,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tabulate import tabulate
 
-from labo_fairseq.evaluation import significance
 from labo_fairseq.cli.errors import run_command
+from labo_fairseq.evaluation import significance
+from labo_fairseq.evaluation.arguments import int_at_least, output_dir
 from labo_fairseq.evaluation.errors import EvaluationError
-from labo_fairseq.textfiles import read_lines
 from labo_fairseq.evaluation.longtail import bucket_label
 from labo_fairseq.evaluation.runs import Run, load_run
+from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic
 
 BASELINE_METHOD = "ls"
 SCORE_KEYS = (("bleu", "BLEU (tok.)"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF"), ("ter", "TER"))
@@ -133,7 +135,7 @@ def _length_ratio(scores: dict) -> Optional[float]:
     if sacre.get("length_ratio") is not None:
         return sacre["length_ratio"]
     bleu = scores.get("bleu", {})
-    if bleu.get("ref_len"):
+    if bleu.get("ref_len") and bleu.get("sys_len") is not None:
         return bleu["sys_len"] / bleu["ref_len"]
     return None
 
@@ -244,8 +246,13 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
         methods.append(entry)
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(f"report directory {out_dir} exists and is not a directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)   # mkdtemp's 0700 would make the report private
     try:
         figures = {"longtail.png": plot_longtail(
             {g["label"]: [run.evals[subsets[0]].longtail for run in g["runs"]] for g in ordered},
@@ -268,10 +275,9 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
                       **{name.replace(".", "_"): str(out_dir / name) for name in figures}},
         }
         sections = _sections(headline, ordered, runs, pairing, examples)
-        (staging / "REPORT.md").write_text(_render_markdown(sections), encoding="utf-8")
-        (staging / "REPORT.html").write_text(_render_html(sections, staging), encoding="utf-8")
-        (staging / "report.json").write_text(
-            json.dumps(headline, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        write_text_atomic(staging / "REPORT.md", _render_markdown(sections))
+        write_text_atomic(staging / "REPORT.html", _render_html(sections, staging))
+        write_json_atomic(staging / "report.json", headline)
         _swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -279,12 +285,18 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replaces out_dir by the finished staging directory; the old one is removed only after."""
+    """Replaces out_dir by the finished staging directory; the old one is moved aside and removed
+    only after, or put back when the new one cannot be moved in."""
     aside = None
     if out_dir.exists():
         aside = out_dir.with_name(f".{out_dir.name}.old-{staging.name}")
         out_dir.rename(aside)
-    staging.rename(out_dir)
+    try:
+        staging.rename(out_dir)
+    except BaseException:
+        if aside is not None:
+            aside.rename(out_dir)
+        raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -358,8 +370,8 @@ def _test_set_name(runs: Sequence[Run], subset: str) -> str:
             prepare = json.loads((Path(data_bin) / "prepare.json").read_text(encoding="utf-8"))
             name = (prepare.get("test_sets") or {}).get(subset)
             if name:
-                return f"{subset} ({' + '.join(name) if isinstance(name, list) else name})"
-        except (OSError, ValueError):
+                return f"{subset} ({' + '.join(map(str, name)) if isinstance(name, list) else name})"
+        except (OSError, ValueError, AttributeError):   # best effort: the split name will do
             pass
     return subset
 
@@ -660,21 +672,21 @@ def main(argv=None, prog="report.py"):
                     "set, significance of each method against LS over all seeds, verdicts, per-seed table, "
                     "long-tail tables, plots. Run directories holding a FAILED file are listed as failed.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--out", required=True, help="report directory (REPORT.md, REPORT.html, PNGs)")
+    parser.add_argument("--out", required=True, type=output_dir,
+                        help="report directory (REPORT.md, REPORT.html, PNGs), replaced as a whole when the "
+                             "report is complete")
     parser.add_argument("--subset", action="append", dest="subsets", metavar="NAME",
                         help="evaluated subset to report; repeat for several (default: test)")
     parser.add_argument("--baseline", help="label of the baseline group (default: the group(s) with method 'ls')")
     parser.add_argument("--failed", action="append", default=[], metavar="NAME=REASON",
                         help="a run that did not finish, listed in the report")
-    parser.add_argument("--rare-below", type=int, default=DEFAULT_RARE_BELOW,
+    parser.add_argument("--rare-below", type=int_at_least(2), default=DEFAULT_RARE_BELOW,
                         help="rare F1 covers training frequencies 1..N-1 (default: %(default)s)")
-    parser.add_argument("--bootstrap-samples", type=int, default=significance.DEFAULT_SAMPLES,
+    parser.add_argument("--bootstrap-samples", type=int_at_least(1), default=significance.DEFAULT_SAMPLES,
                         help="bootstrap resamples and randomization trials (default: %(default)s)")
-    parser.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES,
+    parser.add_argument("--examples", type=int_at_least(0), default=DEFAULT_EXAMPLES,
                         help="sentences shown per method where it differs most from LS (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.bootstrap_samples < 1:
-        raise EvaluationError(f"--bootstrap-samples must be positive, got {args.bootstrap_samples}")
     failed = {}
     for item in args.failed:
         name, sep, reason = item.partition("=")

@@ -16,6 +16,7 @@
                     (scripts/longtail.py ... --hyp .../hyp.txt --ref .../ref.txt --json .../longtail.json)
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -107,11 +108,56 @@ def _read_json(path: Path, what: str) -> dict:
         raise EvaluationError(f"run directory {path.parent} has no {what} ({path} is missing)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvaluationError(f"{path} is not valid JSON: {error}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
-        raise EvaluationError(f"{path} must hold a JSON object")
+        raise EvaluationError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_run_info(path: Path, info: dict) -> None:
+    """The keys of run.json the report reads must have the documented types."""
+    if not isinstance(info.get("method"), str) or not info["method"]:
+        raise EvaluationError(f"{path} needs a \"method\" string (e.g. \"ls\", \"labo\"), "
+                              f"got {info.get('method')!r}")
+    seed = info.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise EvaluationError(f"{path}: \"seed\" must be an integer, got {seed!r}")
+    for key in ("label", "config", "checkpoint"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise EvaluationError(f"{path}: \"{key}\" must be a string, got {info[key]!r}")
+    for key in ("tau", "label_smoothing", "stop_update"):
+        value = info.get(key)
+        if value is not None and not isinstance(value, str) and not _is_number(value):
+            raise EvaluationError(f"{path}: \"{key}\" must be a number or a string, got {value!r}")
+    command = info.get("train_command")
+    if command is not None and (not isinstance(command, list) or not all(isinstance(a, str) for a in command)):
+        raise EvaluationError(f"{path}: \"train_command\" must be a list of strings, got {command!r}")
+
+
+def _check_scores(path: Path, scores: dict) -> None:
+    """The numbers of scores.json the report reads must be numbers."""
+    for key in ("bleu", "sacrebleu", "chrf", "ter"):
+        if key == "ter" and key not in scores:
+            continue
+        if not isinstance(scores.get(key), dict) or "score" not in scores[key]:
+            raise EvaluationError(f"{path} has no {key}.score")
+        if not _is_number(scores[key]["score"]):
+            raise EvaluationError(f"{path}: {key}.score must be a number, got {scores[key]['score']!r}")
+    for key, name in (("sacrebleu", "length_ratio"), ("bleu", "sys_len"), ("bleu", "ref_len")):
+        value = scores[key].get(name)
+        if value is not None and not _is_number(value):
+            raise EvaluationError(f"{path}: {key}.{name} must be a number, got {value!r}")
+    reference = scores.get("reference", {})
+    if not isinstance(reference, dict):
+        raise EvaluationError(f"{path}: \"reference\" must be an object, got {reference!r}")
+    if not isinstance(reference.get("file", ""), str) or not isinstance(reference.get("lowercase", False), bool):
+        raise EvaluationError(f"{path}: \"reference\" needs a \"file\" string and a \"lowercase\" boolean, "
+                              f"got {reference!r}")
 
 
 def load_run(run_dir, subsets: Union[str, Sequence[str]] = "test") -> Run:
@@ -123,11 +169,8 @@ def load_run(run_dir, subsets: Union[str, Sequence[str]] = "test") -> Run:
     if not run_dir.is_dir():
         raise EvaluationError(f"run directory {run_dir} does not exist")
     info = _read_json(run_dir / RUN_FILE, RUN_FILE)
-    if not isinstance(info.get("method"), str) or not info["method"]:
-        raise EvaluationError(f"{run_dir / RUN_FILE} needs a \"method\" string (e.g. \"ls\", \"labo\")")
+    _check_run_info(run_dir / RUN_FILE, info)
     seed = info.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise EvaluationError(f"{run_dir / RUN_FILE}: \"seed\" must be an integer, got {seed!r}")
     evals = {}
     for subset in subsets:
         directory = eval_dir(run_dir, subset)
@@ -135,9 +178,7 @@ def load_run(run_dir, subsets: Union[str, Sequence[str]] = "test") -> Run:
             if not (directory / name).is_file():
                 raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file {directory / name}")
         scores = _read_json(directory / "scores.json", "scores.json")
-        for key in ("bleu", "sacrebleu", "chrf"):
-            if not isinstance(scores.get(key), dict) or "score" not in scores[key]:
-                raise EvaluationError(f"{directory / 'scores.json'} has no {key}.score")
+        _check_scores(directory / "scores.json", scores)
         evals[subset] = SubsetEval(subset, directory, scores, load_longtail(directory / "longtail.json"))
         if not evals[subset].reference_file.is_file():
             raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file "

@@ -12,7 +12,7 @@ from labo_fairseq.evaluation.evaluate import build_parser, check_checkpoint, fai
 @pytest.mark.parametrize("flag, value, message", [
     ("--beam", "0", "argument --beam: must be at least 1, got 0"),
     ("--beam", "-3", "argument --beam: must be at least 1, got -3"),
-    ("--beam", "five", "argument --beam: expected a positive integer, got 'five'"),
+    ("--beam", "five", "argument --beam: expected an integer, got 'five'"),
     ("--batch-size", "0", "argument --batch-size: must be at least 1, got 0"),
     ("--lenpen", "nan", "argument --lenpen: must be a finite number, got 'nan'"),
     ("--lenpen", "inf", "argument --lenpen: must be a finite number, got 'inf'"),
@@ -71,3 +71,12 @@ def test_failure_summary_is_the_last_exception_line(tmp_path):
     log.write_text("")
     assert failure_summary(log) == "no output"
     assert failure_summary(tmp_path / "missing.log") == "no log"
+
+
+def test_parser_refuses_an_out_dir_that_is_a_file(tmp_path, capsys):
+    existing = tmp_path / "scores.json"
+    existing.write_text("{}")
+    with pytest.raises(SystemExit):
+        build_parser("labo-evaluate").parse_args(["d", "c", str(existing)])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"labo-evaluate: error: argument OUT_DIR: {existing} exists and is not a directory")

@@ -9,7 +9,8 @@ import pytest
 
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.longtail import (BUCKET_KEYS, DEFAULT_BUCKETS, analyse, analyse_files,
-                                              bucket_label, bucket_ranges, count_types)
+                                              bucket_label, bucket_ranges, count_types, load_longtail)
+from tests.evaluation.helpers import assert_one_line_error
 from tests.toy import REPO_ROOT, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -174,3 +175,100 @@ def test_cli_default_level_is_auto_and_says_so(tmp_path):
                        "--json", tmp_path / "token.json"], check=False)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "pass --level word" in refused.stderr
     assert not (tmp_path / "token.json").exists()
+
+
+def _longtail(tmp_path, *extra, **files):
+    paths = {"train": write(tmp_path / "train", ["a a b", "c"]), "hyp": write(tmp_path / "hyp", ["a b"]),
+             "ref": write(tmp_path / "ref", ["a c"])}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.bytes"
+        paths[name].write_bytes(data)
+    return run_cli([sys.executable, LONGTAIL, "--train-ref", paths["train"], "--hyp", paths["hyp"],
+                    "--ref", paths["ref"], *extra], check=False), paths
+
+
+def test_cli_non_utf8_input_names_file_and_line(tmp_path):
+    out = tmp_path / "lt.json"
+    proc, paths = _longtail(tmp_path, "--json", out, hyp=b"a b\nc \xff d\n", ref=b"a b\nc d\n")
+    assert_one_line_error(proc, "longtail.py", f"hypothesis file {paths['hyp']}: line 2 is not valid UTF-8")
+    proc, paths = _longtail(tmp_path, "--json", out, train=b"a\n\xe9t\xe9\n")
+    assert_one_line_error(proc, "longtail.py", f"training target text {paths['train']}: line 2 is not valid UTF-8")
+    assert not out.exists()
+
+
+def test_cli_output_that_is_a_directory_is_refused_at_parsing(tmp_path):
+    (tmp_path / "plots").mkdir()
+    proc, _ = _longtail(tmp_path, "--json", tmp_path)
+    assert_one_line_error(proc, "longtail.py", f"argument --json: {tmp_path} is a directory")
+    proc, _ = _longtail(tmp_path, "--json", tmp_path / "lt.json", "--png", tmp_path / "plots")
+    assert_one_line_error(proc, "longtail.py", f"argument --png: {tmp_path / 'plots'} is a directory")
+    proc, paths = _longtail(tmp_path, "--json", tmp_path / "hyp" / "lt.json")
+    assert_one_line_error(proc, "longtail.py", f"argument --json: cannot write {tmp_path / 'hyp' / 'lt.json'}: "
+                                               f"{paths['hyp']} is a file")
+    assert not (tmp_path / "lt.json").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0,2", "bucket edges must be strictly increasing integers >= 1, got [0, 2] (from '0,2')"),
+    ("5,2", "bucket edges must be strictly increasing integers >= 1, got [5, 2]"),
+    ("-3", "bucket edges must be strictly increasing integers >= 1, got [-3] (from '-3')"),
+    ("1,x", "expected comma-separated integers, got '1,x'"),
+])
+def test_cli_bad_buckets_are_refused_at_parsing(tmp_path, value, message):
+    proc, _ = _longtail(tmp_path, "--json", tmp_path / "lt.json", f"--buckets={value}")
+    assert_one_line_error(proc, "longtail.py", f"argument --buckets: {message}")
+
+
+def test_cli_writes_only_its_outputs(tmp_path):
+    out = tmp_path / "out"
+    proc, _ = _longtail(tmp_path, "--json", out / "lt.json", "--png", out / "lt.png")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["lt.json", "lt.png"]   # nothing written aside is left
+    assert load_longtail(out / "lt.json")["level"] == "token"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"f1": "abc"}, 'bucket 1 "f1" must be a number, got \'abc\''),
+    ({"ref_count": -1}, 'bucket 1 "ref_count" must be a non-negative integer, got -1'),
+    ({"hi": "x"}, 'bucket 1 "hi" must be a non-negative integer or null'),
+    ({"ratio": True}, 'bucket 1 "ratio" must be a number, got True'),
+])
+def test_load_longtail_refuses_wrong_types(tmp_path, change, message):
+    result = analyse_files(write(tmp_path / "t", ["a b"]), write(tmp_path / "h", ["a"]), write(tmp_path / "r", ["b"]))
+    result["buckets"][1].update(change)
+    path = tmp_path / "longtail.json"
+    path.write_text(json.dumps(result))
+    with pytest.raises(EvaluationError) as raised:
+        load_longtail(path)
+    assert str(raised.value).startswith(f"long-tail file {path}: {message}")
+
+
+def test_load_longtail_refuses_broken_files(tmp_path):
+    path = tmp_path / "longtail.json"
+    for data, message in ((b"{", "is not valid JSON"), (b"\xff{}", "is not valid JSON"),
+                          (b"[]", "no \"buckets\" list"), (b'{"buckets": []}', "no \"buckets\" list")):
+        path.write_bytes(data)
+        with pytest.raises(EvaluationError, match=message) as raised:
+            load_longtail(path)
+        assert str(raised.value).startswith(f"long-tail file {path}")
+
+
+def test_a_failed_plot_leaves_the_previous_png(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from labo_fairseq.evaluation.plots import plot_longtail
+
+    result = analyse_files(write(tmp_path / "t", ["a b"]), write(tmp_path / "h", ["a"]), write(tmp_path / "r", ["b"]))
+    out = tmp_path / "plots" / "lt.png"
+    plot_longtail({"run": [result]}, out)
+    before = out.read_bytes()
+
+    def half_written(self, fname, **kwargs):
+        Path(fname).write_bytes(before[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    with pytest.raises(OSError):
+        plot_longtail({"other run": [result]}, out)
+    assert out.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir()] == ["lt.png"]

@@ -1,5 +1,6 @@
 """The comparison report built from fake runs with known numbers and planted differences."""
 import json
+import os
 import random
 import shutil
 import sys
@@ -13,6 +14,7 @@ from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.plots import figure_info
 from labo_fairseq.evaluation.report import build_report, format_headline, merged_f1
 from labo_fairseq.evaluation.training_log import parse_train_lines, parse_valid_lines
+from tests.evaluation.helpers import assert_one_line_error
 from tests.toy import REPO_ROOT, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -340,3 +342,95 @@ def test_training_log_simple_and_json_lines():
     train = parse_train_lines(text)
     assert [(e["num_updates"], e["nll_loss"]) for e in train] == [(5, 5.8), (7, 5.3)]
     assert train[0]["q_entropy"] == 4.5 and "q_entropy" not in train[1]
+
+
+REPORT = [sys.executable, REPO_ROOT / "scripts" / "report.py"]
+
+
+def _broken_copy(run, root, name="broken"):
+    copy = root / name
+    shutil.copytree(run, copy)
+    return copy
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--bootstrap-samples", "0", "must be at least 1, got 0"),
+    ("--bootstrap-samples", "-5", "must be at least 1, got -5"),
+    ("--rare-below", "-3", "must be at least 2, got -3"),
+    ("--rare-below", "1", "must be at least 2, got 1"),
+    ("--examples", "-1", "must be at least 0, got -1"),
+])
+def test_bad_numbers_are_refused_at_parsing(fake_runs, tmp_path, flag, value, message):
+    proc = run_cli([*REPORT, fake_runs[0], "--out", tmp_path / "out", f"{flag}={value}"], check=False)
+    assert_one_line_error(proc, "report.py", f"argument {flag}: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused_at_parsing(fake_runs, tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me\n")
+    proc = run_cli([*REPORT, fake_runs[0], "--out", existing], check=False)
+    assert_one_line_error(proc, "report.py", f"argument --out: {existing} exists and is not a directory")
+    proc = run_cli([*REPORT, fake_runs[0], "--out", existing / "report"], check=False)
+    assert_one_line_error(proc, "report.py", f"cannot write {existing / 'report'}: {existing} is a file")
+    assert existing.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sacrebleu", {"score": "abc"}, "sacrebleu.score must be a number, got 'abc'"),
+    ("bleu", {"score": None}, "bleu.score must be a number, got None"),
+    ("ter", {"score": [1]}, "ter.score must be a number, got [1]"),
+    ("chrf", "50", "has no chrf.score"),
+    ("reference", "ref.raw.txt", "\"reference\" must be an object"),
+])
+def test_non_numeric_score_names_the_file_and_key(fake_runs, tmp_path, key, value, message):
+    broken = _broken_copy(fake_runs[0], tmp_path)
+    path = broken / "eval" / "test" / "scores.json"
+    scores = json.loads(path.read_text())
+    scores[key] = value
+    path.write_text(json.dumps(scores))
+    proc = run_cli([*REPORT, broken, fake_runs[2], "--out", tmp_path / "out"], check=False)
+    assert_one_line_error(proc, "report.py", path, message)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{\"method\": \"ls\",", "is not valid JSON"),
+    (b"\xff\xfe{}", "is not valid JSON"),
+    (b"[\"ls\"]", "must hold a JSON object, got list"),
+    (b"{\"method\": 3}", "needs a \"method\" string"),
+    (b"{\"method\": \"ls\", \"seed\": \"1\"}", "\"seed\" must be an integer, got '1'"),
+    (b"{\"method\": \"ls\", \"seed\": true}", "\"seed\" must be an integer, got True"),
+    (b"{\"method\": \"ls\", \"train_command\": 5}", "\"train_command\" must be a list of strings, got 5"),
+    (b"{\"method\": \"ls\", \"label\": [\"LS\"]}", "\"label\" must be a string"),
+])
+def test_broken_run_json_names_the_file(fake_runs, tmp_path, content, message):
+    broken = _broken_copy(fake_runs[0], tmp_path)
+    (broken / "run.json").write_bytes(content)
+    proc = run_cli([*REPORT, broken, "--out", tmp_path / "out"], check=False)
+    assert_one_line_error(proc, "report.py", broken / "run.json", message)
+
+
+def test_non_utf8_inputs_are_one_line_errors(fake_runs, tmp_path):
+    broken = _broken_copy(fake_runs[0], tmp_path)
+    hyp = broken / "eval" / "test" / "hyp.detok.txt"
+    hyp.write_bytes(hyp.read_bytes().replace(b"\n", b"\n\xc3(", 1))
+    proc = run_cli([*REPORT, broken, fake_runs[2], "--out", tmp_path / "out"], check=False)
+    assert_one_line_error(proc, "report.py", f"hypothesis file {hyp}: line 2 is not valid UTF-8")
+    scores = broken / "eval" / "test" / "scores.json"
+    scores.write_bytes(b"\xff" + scores.read_bytes())
+    proc = run_cli([*REPORT, broken, fake_runs[2], "--out", tmp_path / "out"], check=False)
+    assert_one_line_error(proc, "report.py", f"{scores} is not valid JSON")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]   # no report, nothing half-built
+
+
+def test_rebuilt_report_replaces_the_old_one_whole(fake_runs, tmp_path):
+    out = tmp_path / "report"
+    build_report([fake_runs[0], fake_runs[2]], out, bootstrap_samples=10)
+    (out / "stale.txt").write_text("from another report\n")
+    build_report([fake_runs[0]], out)
+    assert sorted(p.name for p in out.iterdir()) == ["REPORT.html", "REPORT.md", "curves.png", "longtail.png",
+                                                     "report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask   # not the private mode of a temporary directory
