@@ -6,6 +6,7 @@ plot shows without looking at pixels.
 """
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -173,9 +174,16 @@ def figure_info(path) -> List[dict]:
 
 
 def _save(fig, path) -> Path:
+    """Writes the PNG aside and renames it: a reader never sees half an image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Description": json.dumps(_axes_info(fig), ensure_ascii=False)})
-    plt.close(fig)
+    part = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        fig.tight_layout()
+        fig.savefig(part, format="png", dpi=100,
+                    metadata={"Description": json.dumps(_axes_info(fig), ensure_ascii=False)})
+        part.replace(path)
+    finally:
+        plt.close(fig)
+        part.unlink(missing_ok=True)
     return path
