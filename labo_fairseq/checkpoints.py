@@ -22,7 +22,6 @@ def average_checkpoints(paths: Sequence, out_path) -> Path:
     else (cfg, dictionaries' settings) comes from the last one. Loads through fairseq's loader, so
     the same weights-only rules apply."""
     from fairseq import checkpoint_utils
-    from omegaconf import OmegaConf
 
     if not paths:
         raise ValueError("no checkpoints to average")
@@ -40,13 +39,21 @@ def average_checkpoints(paths: Sequence, out_path) -> Path:
                     total[k] += v.double()
     state["model"] = {k: (v / len(paths)).to(state["model"][k].dtype) if v.is_floating_point() else v
                       for k, v in total.items()}
+    state.pop("last_optimizer_state", None)  # not needed to translate
+    return save_checkpoint_state(state, out_path)
+
+
+def save_checkpoint_state(state: dict, out_path) -> Path:
+    """Saves a state from fairseq's `load_checkpoint_to_cpu` as a checkpoint fairseq loads again,
+    written aside and renamed: no half-written checkpoint where evaluation would pick it up."""
+    from omegaconf import OmegaConf
+
     # fairseq's loader hands back cfg as an OmegaConf object; store it as fairseq's trainer does
-    # (a plain container), which its weights-only loader accepts. Optimizer state is not needed.
+    # (a plain container), which its weights-only loader accepts
     if OmegaConf.is_config(state.get("cfg")):
-        state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
-    state.pop("last_optimizer_state", None)
+        state = {**state, "cfg": OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)}
     out_path = Path(out_path)
-    tmp = out_path.with_suffix(".tmp")
+    tmp = out_path.with_name(out_path.name + ".tmp")
     torch.save(state, tmp)
-    tmp.replace(out_path)  # no half-written checkpoint where evaluation would pick it up
+    tmp.replace(out_path)
     return out_path
