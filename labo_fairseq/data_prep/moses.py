@@ -21,8 +21,6 @@ MOSES_DIFFERENCES = """\
   as newline-terminated and move it ('a "b."' -> 'a "b".'), as Perl does on all other lines.
 - Unicode tables: character classes (IsAlpha, IsN, IsLower...) come from sacremoses' perluniprops
   snapshot, Perl uses its own Unicode version; characters added in between can tokenise differently.
-- Python's \\s matches U+001C..U+001F (Perl deletes those as control characters); we delete them first,
-  so this only matters inside clean-corpus-n, which sees tokenised text.
 """
 
 # Perl's tokenizer deletes [\000-\037] after turning \s into spaces; Python's \s also covers
@@ -183,7 +181,10 @@ class MosesPipeline:
 
 # ------------------------------------------------------------------------------------ clean-corpus-n
 
-_WHITESPACE = re.compile(r"\s+")
+# Perl's \s on character strings: Python's \s without U+001C..U+001F (Perl reads those as text).
+_PERL_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE = re.compile(f"[{_PERL_SPACE}]+")
+_BLANK_FACTOR = re.compile(r"[ |]\|")
 
 
 def _normalise_for_cleaning(line, strip_bars):
@@ -196,12 +197,13 @@ def clean_corpus(src_in, tgt_in, src_out, tgt_out, min_len=1, max_len=175, ratio
     """clean-corpus-n.perl: keeps pairs with min_len..max_len tokens on both sides and a length ratio
     (both directions) of at most `ratio`; drops empty sides and words over max_word_length characters.
 
-    As the Perl script does, '|' is deleted unless the first pair contains one (factored corpus), and
-    whitespace is normalised in the output. Returns (pairs_in, pairs_out, Counter of drop reasons).
+    As the Perl script does, '|' is deleted unless the first pair contains one (factored corpus; a
+    blank factor is then an error), and whitespace (Perl's \s) is normalised in the output.
+    Returns (pairs_in, pairs_out, Counter of drop reasons).
     """
     dropped = Counter()
     n_in = n_out = 0
-    long_word = re.compile(r"[^\s|]{%d}" % (max_word_length + 1))
+    long_word = re.compile(f"[^{_PERL_SPACE}|]{{{max_word_length + 1}}}")
     src_lines, tgt_lines = read_lines(src_in), read_lines(tgt_in)
     strip_bars = True
     with open(src_out, "w", encoding="utf-8", newline="\n") as src_o, \
@@ -231,6 +233,9 @@ def clean_corpus(src_in, tgt_in, src_out, tgt_out, min_len=1, max_len=175, ratio
             if long_word.search(src) or long_word.search(tgt):
                 dropped[f"word over {max_word_length} characters"] += 1
                 continue
+            for path, line in ((src_in, src), (tgt_in, tgt)):
+                if not strip_bars and _BLANK_FACTOR.search(line):
+                    raise PrepError(f"{path}: line {n_in}: blank factor in a factored corpus: {line[:80]!r}")
             src_o.write(src + "\n")
             tgt_o.write(tgt + "\n")
             n_out += 1
