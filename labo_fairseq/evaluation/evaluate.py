@@ -150,6 +150,9 @@ def run_generate(command: Sequence[str], out_dir: Path, total: Optional[int]) ->
                     out.write(line)
                     if line.startswith("S-"):
                         bar.update(1)
+            except BaseException:   # Ctrl-C, SIGTERM, a full disk: fairseq-generate stops too
+                proc.terminate()
+                raise
             finally:
                 proc.stdout.close()
                 status = proc.wait()

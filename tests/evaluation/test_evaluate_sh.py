@@ -1,8 +1,13 @@
 """scripts/evaluate.sh end to end on the tiny trained model: the scores it records are the ones
 fairseq-generate, fairseq-score and the sacrebleu CLI print for the same text."""
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -126,6 +131,29 @@ def test_failed_generate_is_one_line_and_leaves_no_earlier_results(toy_evaluatio
     assert len(proc.stderr.strip().splitlines()) == 2   # "translating ..." and the error
     assert sorted(p.name for p in out.iterdir()) == ["generate.log"]
     assert "Traceback" in (out / "generate.log").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child process in /proc")
+def test_sigterm_stops_fairseq_generate_and_leaves_no_output(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "labo_fairseq.cli", "evaluate", toy_data_bin, toy_ls_checkpoint,
+                             out, "--cpu", "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    children_file = f"/proc/{proc.pid}/task/{proc.pid}/children"
+    children = []
+    deadline = time.monotonic() + 60
+    while not children and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if os.path.exists(children_file):
+            children = open(children_file).read().split()
+    assert children, "fairseq-generate did not start"
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("labo-evaluate: interrupted")
+    assert not any(os.path.exists(f"/proc/{child}") for child in children)   # fairseq-generate stopped too
+    assert sorted(p.name for p in out.iterdir()) == ["generate.log"]
 
 
 def test_help():
