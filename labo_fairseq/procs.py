@@ -21,12 +21,20 @@ def child_command(command: Sequence[str]) -> List[str]:
     return [sys.executable, "-m", "labo_fairseq.procs", str(os.getpid()), *map(str, command)]
 
 
-def _exec_with_parent_death_signal(parent_pid: int, command: Sequence[str]) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Asks Linux to SIGTERM this process when the thread that started it dies (SIGKILL
+    included); exits at once if the parent `parent_pid` is already gone. No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:  # the parent died before the prctl call
-        sys.exit(143)
+        os._exit(143)
+
+
+def _exec_with_parent_death_signal(parent_pid: int, command: Sequence[str]) -> None:
+    die_with_parent(parent_pid)
     os.execvp(command[0], list(command))
 
 

@@ -1,6 +1,5 @@
 """Shared plumbing: line I/O with clear errors, parallel line transforms, staged outputs, binarisation."""
 import argparse
-import ctypes
 import fcntl
 import gzip
 import json
@@ -19,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from labo_fairseq.cli.errors import UserError, run_command
-from labo_fairseq.procs import PR_SET_PDEATHSIG, child_command
+from labo_fairseq.procs import child_command, die_with_parent
 from labo_fairseq.textfiles import iter_lines, write_lines
 
 # Relative: outputs go under the working directory, wherever the package is installed.
@@ -88,18 +87,10 @@ def check_parallel(src_path, tgt_path, names=(None, None)):
 _worker_transform = None
 
 
-def _die_with_parent(parent_pid):
-    """Asks Linux to SIGTERM this process when its parent dies (the parent's SIGKILL included)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(143)
-
-
 def _init_worker(transform, parent_pid):
     global _worker_transform
     _worker_transform = transform
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)  # a SIGKILLed prepare leaves no worker behind
     # The parent handles Ctrl-C / SIGTERM and terminates the pool; workers should not print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
