@@ -471,7 +471,7 @@ def _device(text):
 
 
 def main(argv=None, prog="labo-bench loss"):
-    from labo_fairseq.cli.errors import output_file
+    from labo_fairseq.cli.arguments import output_file
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -608,6 +608,7 @@ def main(argv=None, prog="labo-bench loss"):
         settings = {k: getattr(args, k) for k in ("device", "dtype", "alpha", "tau", "pad_fraction", "warmup",
                                                   "iters", "threads", "interpret")}
         settings["repeats"] = repeats
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"device": info, "settings": settings, "rows": rows}, f, indent=2)
             f.write("\n")

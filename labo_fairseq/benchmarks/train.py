@@ -137,7 +137,7 @@ def train_once(data_bin: Path, variant: str, args) -> dict:
 
 
 def main(argv=None, prog="labo-bench train"):
-    from labo_fairseq.cli.errors import output_file
+    from labo_fairseq.cli.arguments import output_file
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--fairseq-train-worker"]:
@@ -223,6 +223,7 @@ def main(argv=None, prog="labo-bench train"):
     print(tabulate(table, headers=headers, tablefmt="pipe", disable_numparse=True,
                    colalign=["right", "left"] + ["right"] * (len(headers) - 2)))
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
                                         "results": results}, indent=2) + "\n")
 

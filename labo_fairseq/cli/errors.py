@@ -11,10 +11,8 @@ Exit statuses, the same for every command:
     2    nothing was produced: bad arguments or inputs (argparse's status for a usage error)
     130  interrupted (Ctrl-C or SIGTERM); earlier outputs are left as they were
 """
-import argparse
 import signal
 import sys
-from pathlib import Path
 from typing import Callable
 
 EXIT_FAILED = 1
@@ -53,13 +51,3 @@ def run_command(prog: str, body: Callable[[], object], interrupted: str = "previ
         signal.signal(signal.SIGTERM, previous)
     return int(status or 0)
 
-
-def output_file(value: str) -> Path:
-    """argparse type of a file a command writes: refused at parsing when it is a directory or its
-    directory does not exist, rather than after the work is done."""
-    path = Path(value)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value} is a directory; give a file name")
-    if not path.absolute().parent.is_dir():
-        raise argparse.ArgumentTypeError(f"the directory of {value} does not exist")
-    return path

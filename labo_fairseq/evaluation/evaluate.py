@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from labo_fairseq.evaluation import score
-from labo_fairseq.evaluation.arguments import finite_float, output_dir, positive_int
+from labo_fairseq.cli.arguments import finite_float, output_dir, positive_int
 from labo_fairseq.evaluation.databin import inspect_data_bin, sentence_count
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, POST_PROCESS_MODES

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from labo_fairseq.cli.errors import run_command
-from labo_fairseq.evaluation.arguments import output_file
+from labo_fairseq.cli.arguments import output_file
 from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, SENTENCEPIECE_SPACE, remove_subwords
 from labo_fairseq.textfiles import read_lines, write_json_atomic

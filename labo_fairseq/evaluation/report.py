@@ -29,7 +29,7 @@ from tabulate import tabulate
 
 from labo_fairseq.cli.errors import run_command
 from labo_fairseq.evaluation import significance
-from labo_fairseq.evaluation.arguments import int_at_least, output_dir
+from labo_fairseq.cli.arguments import int_at_least, output_dir
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.longtail import bucket_label
 from labo_fairseq.evaluation.runs import Run, load_run

@@ -1,5 +1,4 @@
 """labo_fairseq.cli.errors: every command fails the same way (one line, documented exit status)."""
-import argparse
 import os
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-from labo_fairseq.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError, output_file, run_command
+from labo_fairseq.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError, run_command
 
 
 def test_user_error_is_one_line_with_exit_status_2(capsys):
@@ -71,10 +70,3 @@ def test_sigterm_runs_cleanup_and_exits_130(tmp_path):
     assert proc.returncode == 130 and time.monotonic() - start < 20
     assert err.strip() == "cmd: interrupted; previous outputs left as they were" and marker.exists()
 
-
-def test_output_file_refuses_directories_and_missing_parents(tmp_path):
-    assert output_file(str(tmp_path / "a.json")) == tmp_path / "a.json"
-    with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
-        output_file(str(tmp_path))
-    with pytest.raises(argparse.ArgumentTypeError, match="does not exist"):
-        output_file(str(tmp_path / "no" / "a.json"))
