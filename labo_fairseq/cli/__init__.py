@@ -49,7 +49,8 @@ def prepare(argv: Optional[Sequence[str]] = None, prog: str = "labo-prepare") ->
 
 def evaluate(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> int:
     from labo_fairseq.evaluation import evaluate as module
-    return run_command(prog, lambda: module.main(_argv(argv), prog=prog))
+    return run_command(prog, lambda: module.main(_argv(argv), prog=prog),
+                       interrupted="fairseq-generate was stopped; OUT_DIR holds no results, run it again")
 
 
 def longtail(argv: Optional[Sequence[str]] = None, prog: str = "labo-longtail") -> int:

@@ -16,20 +16,28 @@ Every file is written aside and renamed. All results of an earlier evaluation in
 none that look current. CHECKPOINT is checked to be a torch.save file before fairseq-generate
 starts; --beam and --batch-size must be at least 1.
 
+With --ivon-samples K (a checkpoint trained with --optimizer ivon), K models drawn from the
+posterior stored in the checkpoint translate together, fairseq's ensemble averaging their token
+probabilities (IVON's posterior predictive); they live in OUT_DIR/.ivon-samples-* while
+fairseq-generate runs. scores.json records ivon_samples and ivon_seed.
+
 Arguments after `--` go to fairseq-generate unchanged. `--user-dir` is always this package's
 directory, so that checkpoints of labo_fairseq models and criteria load.
 """
 import argparse
+import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from labo_fairseq.cli.arguments import finite_float, int_at_least, output_dir, positive_int
 from labo_fairseq.evaluation import score
-from labo_fairseq.cli.arguments import finite_float, output_dir, positive_int
 from labo_fairseq.evaluation.databin import inspect_data_bin, sentence_count
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, POST_PROCESS_MODES
@@ -41,6 +49,7 @@ SUBWORD_CHOICES = tuple(POST_PROCESS_FOR_SUBWORDS)
 POST_PROCESS_CHOICES = SUBWORD_CHOICES + tuple(m for m in POST_PROCESS_MODES if m != "none")
 GENERATE_OUT = "generate.out"
 GENERATE_LOG = "generate.log"
+IVON_SAMPLES_PREFIX = ".ivon-samples-"
 # what an earlier evaluation left in OUT_DIR; removed before translating, so that a failed
 # evaluation never leaves results that look current
 RESULT_FILES = (*score.TEXT_FILES, score.SCORES_FILE, "longtail.json", GENERATE_OUT)
@@ -72,7 +81,28 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--raw-ref", help="untokenised reference for sacreBLEU (default: prepare.json's raw_references)")
     parser.add_argument("--lowercase", action="store_true",
                         help="case-insensitive sacreBLEU (default: prepare.json's \"lowercase\")")
+    parser.add_argument("--ivon-samples", type=int_at_least(0), default=0, metavar="K",
+                        help="for a checkpoint trained with --optimizer ivon: translate with the average of "
+                             "K models drawn from its posterior (fairseq's ensemble averages their token "
+                             "probabilities) instead of the mean weights (default: 0, the mean)")
+    parser.add_argument("--ivon-seed", type=int, default=1, help="seed of the posterior samples (default: %(default)s)")
     return parser
+
+
+@contextlib.contextmanager
+def model_paths(args, out_dir: Path):
+    """fairseq-generate's --path: the checkpoint, or K posterior samples of it (--ivon-samples),
+    written into OUT_DIR/.ivon-samples-* for the time of the translation."""
+    for stale in out_dir.glob(f"{IVON_SAMPLES_PREFIX}*"):  # left by a killed evaluation
+        shutil.rmtree(stale, ignore_errors=True)
+    if not args.ivon_samples:
+        yield str(args.checkpoint)
+        return
+    from labo_fairseq.optim.ivon_posterior import sample_checkpoints
+
+    with tempfile.TemporaryDirectory(prefix=IVON_SAMPLES_PREFIX, dir=out_dir) as folder:
+        paths = sample_checkpoints(args.checkpoint, args.data_bin, args.ivon_samples, args.ivon_seed, folder)
+        yield ":".join(map(str, paths))
 
 
 def split_extra(argv: Sequence[str]):
@@ -184,13 +214,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
             (out_dir / stale).unlink(missing_ok=True)
     print(f"{prog}: translating {args.data_bin} [{args.subset}, {info.source_lang}-{info.target_lang}, "
           f"post-process {info.post_process}] with {args.checkpoint}", file=sys.stderr, flush=True)
-    command = [sys.executable, "-m", "fairseq_cli.generate", str(args.data_bin), "--path", str(args.checkpoint),
-               "--user-dir", str(PACKAGE_DIR), "--gen-subset", args.subset,
-               "--source-lang", info.source_lang, "--target-lang", info.target_lang,
-               "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-size", str(args.batch_size),
-               "--post-process", info.post_process, *(["--cpu"] if args.cpu else []), *extra]
     total = sentence_count(args.data_bin, args.subset, info.source_lang, info.target_lang)
-    status = run_generate(command, out_dir, total)
+    with model_paths(args, out_dir) as paths:
+        command = [sys.executable, "-m", "fairseq_cli.generate", str(args.data_bin), "--path", paths,
+                   "--user-dir", str(PACKAGE_DIR), "--gen-subset", args.subset,
+                   "--source-lang", info.source_lang, "--target-lang", info.target_lang,
+                   "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-size", str(args.batch_size),
+                   "--post-process", info.post_process, *(["--cpu"] if args.cpu else []), *extra]
+        status = run_generate(command, out_dir, total)
     if status != 0:
         log = out_dir / GENERATE_LOG
         raise EvaluationError(f"fairseq-generate failed (exit status {status}): {failure_summary(log)} "
@@ -204,6 +235,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
         score_args.append("--lowercase")
     for key, value in (("subset", args.subset), ("beam", args.beam), ("lenpen", args.lenpen),
                        ("post_process", info.post_process), ("source_lang", info.source_lang),
-                       ("checkpoint", args.checkpoint), ("data_bin", args.data_bin)):
+                       ("checkpoint", args.checkpoint), ("data_bin", args.data_bin),
+                       *((("ivon_samples", args.ivon_samples), ("ivon_seed", args.ivon_seed)) if args.ivon_samples else ())):
         score_args += ["--meta", f"{key}={value}"]
     score.main(score_args)

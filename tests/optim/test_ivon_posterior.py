@@ -67,3 +67,20 @@ def test_a_checkpoint_trained_with_adam_is_refused(toy_ls_checkpoint, toy_data_b
     with pytest.raises(UserError, match="holds no IVON posterior"):
         sample_checkpoints(toy_ls_checkpoint, toy_data_bin, 2, seed=1, out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_labo_evaluate_translates_with_posterior_samples(ivon_checkpoint, toy_data_bin, toy_ls_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "eval"
+    (out / ".ivon-samples-killed").mkdir(parents=True)  # left by a killed evaluation
+    run_cli(["labo-evaluate", toy_data_bin, ivon_checkpoint, out, "--cpu", "--beam", "2", "--ivon-samples", "2"])
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["ivon_samples"] == 2 and scores["ivon_seed"] == 1 and scores["num_sentences"] == 40
+    assert not list(out.glob(".ivon-samples-*"))
+    mean = run_cli(["labo-evaluate", toy_data_bin, ivon_checkpoint, tmp_path / "mean", "--cpu", "--beam", "2"])
+    assert mean.returncode == 0 and "ivon_samples" not in json.loads((tmp_path / "mean" / "scores.json").read_text())
+    refused = run_cli(["labo-evaluate", toy_data_bin, toy_ls_checkpoint, tmp_path / "ls", "--cpu", "--ivon-samples", "2"],
+                      check=False)
+    errors = [line for line in refused.stderr.splitlines() if "error" in line or "Traceback" in line]
+    assert refused.returncode == 2 and len(errors) == 1 and "holds no IVON posterior" in errors[0], refused.stderr
