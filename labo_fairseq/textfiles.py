@@ -49,6 +49,23 @@ def count_lines(path, what: str = "file") -> int:
     return sum(1 for _ in iter_lines(path, what))
 
 
+def read_json_object(path, what: str = "file") -> dict:
+    """A JSON file holding an object; missing, unreadable, invalid JSON or another type is a
+    UserError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory, expected a file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{what} {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def write_lines(path, lines: Iterable[str]) -> int:
     """Writes lines with '\\n' endings; returns how many."""
     count = 0

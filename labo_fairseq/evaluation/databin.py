@@ -4,7 +4,6 @@ the subset was binarised, and how to decode subwords (from `prepare.json`, unles
 CLI (used by scripts/evaluate.sh): prints `SOURCE_LANG TARGET_LANG POST_PROCESS` on one line.
 """
 import argparse
-import json
 import re
 import struct
 import sys
@@ -15,6 +14,7 @@ from typing import Optional
 from labo_fairseq.cli.errors import run_command
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_MODES, post_process_for
+from labo_fairseq.textfiles import read_json_object
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,7 @@ def read_prepare_json(data_bin) -> Optional[dict]:
     path = Path(data_bin) / "prepare.json"
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvaluationError(f"{path} is not valid JSON: {error}")
+    return read_json_object(path, "data preparation record")
 
 
 def binarised_pairs(data_bin, subset: str):

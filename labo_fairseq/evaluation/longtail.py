@@ -28,7 +28,6 @@ hypothesis word is "unseen" among training subwords). So the markers are looked 
 side has them.
 """
 import argparse
-import json
 import math
 import sys
 from collections import Counter
@@ -39,7 +38,7 @@ from labo_fairseq.cli.errors import run_command
 from labo_fairseq.cli.arguments import output_file
 from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, SENTENCEPIECE_SPACE, remove_subwords
-from labo_fairseq.textfiles import read_lines, write_json_atomic
+from labo_fairseq.textfiles import read_json_object, read_lines, write_json_atomic
 
 DEFAULT_BUCKETS = (1, 2, 3, 4, 5, 10, 100, 1000)   # compare_mt.bucketers.FreqWordBucketer's default
 LEVELS = ("token", "word")
@@ -227,13 +226,8 @@ def _bucket_problem(bucket) -> Optional[str]:
 def load_longtail(path) -> dict:
     """A longtail.json this module wrote; anything else is an EvaluationError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"long-tail file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"long-tail file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("buckets"), list) or not data["buckets"]:
+    data = read_json_object(path, "long-tail file")
+    if not isinstance(data.get("buckets"), list) or not data["buckets"]:
         raise EvaluationError(f"long-tail file {path} is not a long-tail JSON file (no \"buckets\" list)")
     if "level" in data and data["level"] not in LEVELS:
         raise EvaluationError(f"long-tail file {path}: \"level\" must be one of {LEVELS}, got {data['level']!r}")

@@ -15,7 +15,6 @@
         longtail.json
                     (scripts/longtail.py ... --hyp .../hyp.txt --ref .../ref.txt --json .../longtail.json)
 """
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.longtail import load_longtail
 from labo_fairseq.evaluation.training_log import read_train_log, read_valid_log
+from labo_fairseq.textfiles import read_json_object
 
 RUN_FILE = "run.json"
 TRAIN_LOG = "train.log"
@@ -106,13 +106,7 @@ class Run:
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise EvaluationError(f"run directory {path.parent} has no {what} ({path} is missing)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise EvaluationError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, what)
 
 
 def _is_number(value) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from labo_fairseq.cli.errors import UserError
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.longtail import (BUCKET_KEYS, DEFAULT_BUCKETS, analyse, analyse_files,
                                               bucket_label, bucket_ranges, count_types, load_longtail)
@@ -246,9 +247,9 @@ def test_load_longtail_refuses_wrong_types(tmp_path, change, message):
 def test_load_longtail_refuses_broken_files(tmp_path):
     path = tmp_path / "longtail.json"
     for data, message in ((b"{", "is not valid JSON"), (b"\xff{}", "is not valid JSON"),
-                          (b"[]", "no \"buckets\" list"), (b'{"buckets": []}', "no \"buckets\" list")):
+                          (b"[]", "must hold a JSON object"), (b'{"buckets": []}', "no \"buckets\" list")):
         path.write_bytes(data)
-        with pytest.raises(EvaluationError, match=message) as raised:
+        with pytest.raises(UserError, match=message) as raised:
             load_longtail(path)
         assert str(raised.value).startswith(f"long-tail file {path}")
 
