@@ -10,6 +10,13 @@ import sys
 
 __version__ = "0.1.0"
 
+
+def register_with_fairseq() -> None:
+    """Registers the criterion, the optimizer and the task with fairseq (importing it). Needed only
+    in a Python process that imported this package before fairseq and then builds fairseq objects
+    itself: fairseq's `--user-dir` does nothing for a package that is already imported."""
+    from labo_fairseq import criterions, optim, tasks  # noqa: F401  (registration happens on import)
+
+
 if "fairseq" in sys.modules:
-    from labo_fairseq import criterions  # noqa: F401  (registers the criterion)
-    from labo_fairseq import optim, tasks  # noqa: F401  (register the IVON optimizer and task)
+    register_with_fairseq()

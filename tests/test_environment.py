@@ -5,6 +5,7 @@ import pickle
 import re
 import struct
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -150,3 +151,19 @@ def test_fairseq_commands_print_no_known_deprecation_warnings(toy_data_bin, tmp_
     for notice in ("FutureWarning", "hydra.experimental", "version_base", "package header",
                    "ConfigStore schema", "strict flag", "Please install tensorboardX"):
         assert notice not in output, notice
+
+
+def test_plugin_registers_with_fairseq_imported_after_it():
+    """fairseq's --user-dir skips a package that is already imported; register_with_fairseq()
+    is the way for a process that imported labo_fairseq first."""
+    code = ("import labo_fairseq.cli.errors\n"
+            "from fairseq.criterions import CRITERION_REGISTRY\n"
+            "from fairseq.optim import OPTIMIZER_REGISTRY\n"
+            "from fairseq.tasks import TASK_REGISTRY\n"
+            "assert 'translation_ivon' not in TASK_REGISTRY\n"
+            "import labo_fairseq\n"
+            "labo_fairseq.register_with_fairseq()\n"
+            "assert 'translation_ivon' in TASK_REGISTRY and 'ivon' in OPTIMIZER_REGISTRY\n"
+            "assert 'label_smoothed_labo' in CRITERION_REGISTRY\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -34,8 +34,10 @@ def sample_checkpoints(checkpoint, data_bin, samples: int, seed: int, out_dir) -
     """Writes `samples` checkpoints drawn from the posterior into out_dir; returns their paths."""
     from fairseq import checkpoint_utils
 
-    from labo_fairseq import tasks  # noqa: F401  (registers translation_ivon, which IVON checkpoints name)
+    from labo_fairseq import register_with_fairseq
     from labo_fairseq.checkpoints import save_checkpoint_state
+
+    register_with_fairseq()  # IVON checkpoints name the task translation_ivon
 
     if samples < 1:
         raise UserError(f"--ivon-samples must be >= 1, got {samples}")

@@ -5,7 +5,11 @@ from fairseq import checkpoint_utils, options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.trainer import Trainer
 
+from labo_fairseq import register_with_fairseq
 from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS
+
+# --user-dir registers nothing when an earlier test module imported labo_fairseq before fairseq
+register_with_fairseq()
 
 IVON = ["--user-dir", str(REPO_ROOT / "labo_fairseq"), "--task", "translation_ivon", "--optimizer", "ivon"]
 
