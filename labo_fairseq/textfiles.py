@@ -45,10 +45,6 @@ def read_lines(path, what: str = "file", allow_empty: bool = True) -> List[str]:
     return lines
 
 
-def count_lines(path, what: str = "file") -> int:
-    return sum(1 for _ in iter_lines(path, what))
-
-
 def read_json_object(path, what: str = "file") -> dict:
     """A JSON file holding an object; missing, unreadable, invalid JSON or another type is a
     UserError naming the file."""

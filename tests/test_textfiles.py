@@ -5,7 +5,7 @@ import json
 import pytest
 
 from labo_fairseq.cli.errors import UserError
-from labo_fairseq.textfiles import count_lines, iter_lines, read_lines, write_json_atomic, write_lines
+from labo_fairseq.textfiles import iter_lines, read_lines, write_json_atomic, write_lines
 
 
 def _lines_with_bad_byte(n_lines, bad_line, final_newline=True):
@@ -36,7 +36,7 @@ def test_gzip_files_read_like_plain_ones_and_report_lines_too(tmp_path):
     packed.write_bytes(gzip.compress(data))
     for path in (plain, packed):
         with pytest.raises(UserError, match="line 222 is not valid UTF-8"):
-            count_lines(path)
+            read_lines(path)
     good = "ein Satz\nzwei\n"
     packed.write_bytes(gzip.compress(good.encode()))
     assert read_lines(packed) == ["ein Satz", "zwei"]
@@ -61,7 +61,7 @@ def test_missing_directory_empty_and_truncated_gzip_are_one_line_errors(tmp_path
     packed = gzip.compress("".join(f"line {i}\n" for i in range(20000)).encode())
     truncated.write_bytes(packed[: len(packed) // 2])
     with pytest.raises(UserError, match="corrupt or truncated gzip file"):
-        count_lines(truncated)
+        read_lines(truncated)
 
 
 def test_writes_round_trip_and_json_is_atomic(tmp_path):
