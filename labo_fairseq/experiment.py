@@ -2,10 +2,12 @@
 seed (several at once with --jobs), pick the checkpoint to evaluate, evaluate each test split,
 analyse the long tail and write the comparison report.
 
-A recipe is a small TOML file (see recipes/); every key is checked before anything runs::
+A recipe is a small TOML file (see recipes/); every key is checked before anything runs
+(numbers finite and in range, seeds distinct, tau >= the LABO op's TAU_MIN, the test splits
+present in the data-bin once it exists)::
 
     name = "multi30k-gpu"
-    seeds = [1, 2, 3]
+    seeds = [1, 2, 3]            # distinct integers in [0, 2^32)
 
     [data]
     prepare = ["labo-prepare", "multi30k", "--raw-dir", "{DATA_DIR}"]  # optional
@@ -47,19 +49,25 @@ Relative paths are taken from the working directory.
 
 Each run gets OUT/<method>-seed<N>/ in the layout of `labo_fairseq.evaluation.runs` (run.json,
 train.log, checkpoints/, eval/<subset>/...), plus command.sh with the exact command line.
-A run whose evaluation with the recipe's [evaluate] settings is complete is skipped on re-run
-(other settings re-evaluate it); an interrupted training resumes from its checkpoint_last.pt
-(fairseq's own --restore-file); a run whose recorded training command differs from the
-recipe's is refused, naming the flags that differ. A failed run is reported and the others
-still run and are reported. Ctrl-C or SIGTERM stops every child and leaves resumable runs;
-children also die if this process is killed. One pipeline at a time may use an output
-directory.
+run.json records the training command and a fingerprint of the data-bin (its dictionaries'
+hashes, the sizes of its training and validation split files); eval.done records what the
+evaluation depended on (the [evaluate] settings, the dictionaries and test split files, the
+evaluated checkpoint's size and mtime). On re-run a run whose eval.done still matches is skipped;
+any other difference, or an unreadable eval.done, evaluates it again. A run whose recorded
+training command or training data differs from what the recipe and data-bin give now, or whose
+run.json is unreadable, is refused in one line naming the directory and the change: its model
+does not belong to them (remove the directory or choose another --out). An interrupted training
+resumes from its checkpoint_last.pt (fairseq's own --restore-file). A failed run is reported and
+the others still run and are reported. Ctrl-C or SIGTERM stops every child and leaves resumable
+runs; children also die if this process is killed. One pipeline at a time may use an output
+directory (OUT/.experiment.lock, removed when it exits).
 `--dry-run` prints each run's state and training command without running or writing anything.
 """
 
 import argparse
 import concurrent.futures
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -76,6 +84,7 @@ from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.cli.errors import EXIT_FAILED, UserError, run_command
 from labo_fairseq.procs import child_command
+from labo_fairseq.textfiles import read_json_object, write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(__file__).resolve().parent  # fairseq's --user-dir, in a checkout or installed
@@ -96,6 +105,14 @@ METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args",
 
 class RecipeError(UserError):
     """A recipe that cannot be run; the message names the file and the offending entry."""
+
+
+class RunRefused(RecipeError):
+    """A run directory that the recipe may not reuse; `reason` is the short form --dry-run shows."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class Interrupted(KeyboardInterrupt):
@@ -138,8 +155,9 @@ def _labo_args(alpha: float, tau: float, extra=()) -> List[str]:
             "--label-smoothing", _fmt(alpha), "--labo-tau", _fmt(tau), *extra]
 
 
-def _number_list(entry: dict, key: str, default, where: str, check, rule: str) -> List[float]:
-    """entry[key] as a list of floats (a single value or a list), each passing `check`."""
+def _number_list(entry: dict, key: str, default, where: str, check, rule: str, allow_inf: bool = False) -> List[float]:
+    """entry[key] as a list of floats (a single value or a list), each finite (or inf, when
+    allowed) and passing `check`."""
     raw = entry.get(key, default)
     values = raw if isinstance(raw, list) else [raw]
     out = []
@@ -150,12 +168,20 @@ def _number_list(entry: dict, key: str, default, where: str, check, rule: str) -
             number = float(value)
         except (TypeError, ValueError):
             raise RecipeError(f"{where}.{key} must be {rule}, got {value!r}") from None
-        if not check(number):
+        if not check(number) or (math.isinf(number) and not allow_inf):  # NaN fails every check
             raise RecipeError(f"{where}.{key} must be {rule}, got {value!r}")
         out.append(number)
     if not out:
         raise RecipeError(f"{where}.{key} is an empty list")
     return out
+
+
+def _taus(entry: dict, where: str) -> List[float]:
+    """entry["tau"]: >= the LABO op's TAU_MIN, or inf (the criterion's own rule)."""
+    from labo_fairseq.functional import TAU_MIN  # imports torch: only for recipes with a LABO method
+
+    return _number_list(entry, "tau", 1.25, where, lambda t: t >= TAU_MIN, f'a number >= {TAU_MIN:g} or "inf"',
+                        allow_inf=True)
 
 
 def _string_list(value, where: str) -> List[str]:
@@ -198,7 +224,7 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
                                       ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _fmt(alpha),
                                        *extra], {"label_smoothing": alpha}))
             continue
-        taus = _number_list(entry, "tau", 1.25, here, lambda t: t > 0.0, 'a number > 0 or "inf"')
+        taus = _taus(entry, here)
         stop = entry.get("stop_update")
         if kind == "tsla" and (not isinstance(stop, int) or isinstance(stop, bool) or stop < 1):
             raise RecipeError(f"{here} (tsla) needs stop_update, a positive integer; got {stop!r}")
@@ -236,7 +262,8 @@ def _ivon_methods(entry: dict, here: str, alphas: List[float], extra: List[str],
         raise RecipeError(f"{here}.criterion must be one of {', '.join(IVON_CRITERIA)}, got {criterion!r}")
     if "lr" not in entry:
         raise RecipeError(f"{here} (ivon) needs lr: IVON's learning rate has another scale than Adam's")
-    lrs = _number_list(entry, "lr", None, here, lambda v: v > 0.0, "a number > 0")
+    # the ranges of the optimizer's own start-up checks (ivon_optimizer._check_flags), finite here
+    lrs = _number_list(entry, "lr", None, here, lambda v: v > 0.0, "a finite number > 0")
     mc = entry.get("mc_samples", 1)
     if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
         raise RecipeError(f"{here}.mc_samples must be an integer >= 1, got {mc!r}")
@@ -244,7 +271,7 @@ def _ivon_methods(entry: dict, here: str, alphas: List[float], extra: List[str],
     params: Dict[str, object] = {"criterion": criterion, "mc_samples": mc}
     for key, flag in (("ess", "--ivon-ess"), ("hess_init", "--ivon-hess-init")):
         if key in entry:
-            (value,) = _number_list(entry, key, None, here, lambda v: v > 0.0, "a number > 0")
+            (value,) = _number_list(entry, key, None, here, lambda v: v > 0.0, "a finite number > 0")
             ivon_flags += [flag, _fmt(value)]
             params[key] = value
     if criterion == "ce":
@@ -254,7 +281,7 @@ def _ivon_methods(entry: dict, here: str, alphas: List[float], extra: List[str],
                      ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _fmt(a)], {"label_smoothing": a})
                     for a in alphas]
     else:
-        taus = _number_list(entry, "tau", 1.25, here, lambda t: t > 0.0, 'a number > 0 or "inf"')
+        taus = _taus(entry, here)
         settings = [(f"ivon-labo-a{_fmt(a)}-tau{_fmt(t)}", f"LABO α={_fmt(a)} τ={_fmt(t)}",
                      _labo_args(a, t)[2:],  # --user-dir comes with the task below
                      {"label_smoothing": a, "tau": _fmt(t)}) for a in alphas for t in taus]
@@ -319,8 +346,8 @@ def _evaluate_settings(evaluate: dict, train: dict, path: Path):
     settings = {"beam": _int_setting(evaluate, "beam", 5, where, 1),
                 "batch_size": _int_setting(evaluate, "batch_size", 128, where, 1)}
     lenpen = evaluate.get("lenpen", 1.0)
-    if isinstance(lenpen, bool) or not isinstance(lenpen, (int, float)):
-        raise RecipeError(f"{where} lenpen must be a number, got {lenpen!r}")
+    if isinstance(lenpen, bool) or not isinstance(lenpen, (int, float)) or not math.isfinite(lenpen):
+        raise RecipeError(f"{where} lenpen must be a finite number, got {lenpen!r}")
     cpu = evaluate.get("cpu", False)
     if not isinstance(cpu, bool):
         raise RecipeError(f"{where} cpu must be true or false, got {cpu!r}")
@@ -353,8 +380,13 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
             raise RecipeError(f"{path}: [data] needs {key}, a path")
     sub = lambda v: _substitute(str(v), variables, str(path))  # noqa: E731
     seeds = raw.get("seeds", [1])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise RecipeError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           and 0 <= s < 2**32 for s in seeds):
+        raise RecipeError(f"{path}: seeds must be a non-empty list of integers in [0, 2^32) "
+                          f"(fairseq seeds numpy with them), got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise RecipeError(f"{path}: seeds repeat {sorted({s for s in seeds if seeds.count(s) > 1})}: "
+                          f"each seed is one run directory; give distinct seeds")
     subsets = data.get("subsets", ["test"])
     if subsets == "all":
         subsets = ["all"]
@@ -376,12 +408,21 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
                   evaluate=settings, methods=expand_methods(raw.get("methods", []), str(path)))
 
 
+def _split_name(path: Path) -> str:
+    return path.name.split(".", 1)[0]  # "test1" of test1.de-en.en.bin
+
+
 def resolve_subsets(recipe: Recipe) -> List[str]:
-    """The recipe's subsets; "all" is every test split in the data-bin (test, test1, ...)."""
+    """The recipe's subsets, each a split of the data-bin (checked before anything trains);
+    "all" is every test split in the data-bin (test, test1, ...)."""
+    splits = sorted({_split_name(p) for p in recipe.data_bin.glob("*.bin")})
     if recipe.subsets != ["all"]:
+        missing = [s for s in recipe.subsets if s not in splits]
+        if missing:
+            raise RecipeError(f"{recipe.path}: [data] subsets names {', '.join(missing)}, which {recipe.data_bin} "
+                              f"does not hold (its splits: {', '.join(splits) or 'none'})")
         return recipe.subsets
-    names = {p.name.split(".", 1)[0] for p in recipe.data_bin.glob("test*.bin")}
-    found = sorted((n for n in names if n == "test" or (n[4:].isdigit() and n.startswith("test"))),
+    found = sorted((n for n in splits if n == "test" or (n[4:].isdigit() and n.startswith("test"))),
                    key=lambda n: int(n[4:] or 0))
     if not found:
         raise RecipeError(f"{recipe.path}: subsets = \"all\" but {recipe.data_bin} has no test split")
@@ -471,49 +512,145 @@ def _tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 
 def evaluation_settings(recipe: Recipe, subsets: Sequence[str]) -> dict:
-    """What decides a run's evaluation; a change re-evaluates it."""
+    """The recipe's settings that decide a run's evaluation."""
     return {**recipe.evaluate, "checkpoint": checkpoint_description(recipe), "subsets": list(subsets)}
 
 
-def _eval_complete(run: RunPlan, subsets: Sequence[str], settings: dict) -> bool:
+def data_fingerprint(data_bin: Path, subsets: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    """What runs on `data_bin` depend on: its dictionaries ({"entries", "sha256"}) and the sizes of
+    its split files ({"bytes"}), of the training and validation splits (all but test*) or, given
+    `subsets`, of those splits."""
+    out: Dict[str, dict] = {}
+    for path in sorted(data_bin.glob("dict.*.txt")):
+        data = path.read_bytes()
+        out[path.name] = {"entries": data.count(b"\n"), "sha256": hashlib.sha256(data).hexdigest()}
+    for path in sorted([*data_bin.glob("*.bin"), *data_bin.glob("*.idx")]):
+        split = _split_name(path)
+        wanted = split in subsets if subsets is not None else not split.startswith("test")
+        if wanted:
+            out[path.name] = {"bytes": path.stat().st_size}
+    return out
+
+
+def describe_data_change(old, new: Dict[str, dict], most: int = 3) -> str:
+    """'dict.en.txt 576 -> 384 entries; train.de-en.en.bin 10240 -> 9216 bytes' for two fingerprints."""
+    old = old if isinstance(old, dict) else {}
+    changes = []
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if before is None or after is None:
+            changes.append(f"{name} {'added' if before is None else 'removed'}")
+            continue
+        sizes = [f"{before[k]} -> {after[k]} {k}" for k in ("entries", "bytes")
+                 if isinstance(before, dict) and k in before and before.get(k) != after.get(k)]
+        changes.append(f"{name} {sizes[0] if sizes else 'changed'}")
+    more = f"; {len(changes) - most} more" if len(changes) > most else ""
+    return "; ".join(changes[:most]) + more
+
+
+def _file_identity(path: Path) -> Optional[dict]:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return {"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def evaluation_record(recipe: Recipe, run: RunPlan, subsets: Sequence[str]) -> dict:
+    """What a run's evaluation depends on, as eval.done records it: the evaluation settings, the
+    data-bin's dictionaries and test split files, and the evaluated checkpoint file."""
+    return {**evaluation_settings(recipe, subsets), "data_fingerprint": data_fingerprint(recipe.data_bin, subsets),
+            "checkpoint_file": _file_identity(checkpoint_path(recipe, run))}
+
+
+def evaluation_change(recipe: Recipe, run: RunPlan, subsets: Sequence[str]) -> Optional[str]:
+    """Why the run must be evaluated (again), or None when its evaluation is complete and eval.done
+    matches what evaluating it now would depend on. An unreadable eval.done is a reason too."""
     done = run.run_dir / "eval.done"
-    if not done.exists() or json.loads(done.read_text(encoding="utf-8")) != settings:
-        return False
-    return all((run.run_dir / "eval" / s / f).exists() for s in subsets for f in ("scores.json", "longtail.json"))
+    if not done.exists():
+        return "no finished evaluation"
+    try:
+        recorded = read_json_object(done, "evaluation record")
+    except UserError as error:
+        return str(error)
+    changes = []
+    for key, value in evaluation_record(recipe, run, subsets).items():
+        before = recorded.get(key)
+        if before == value:
+            continue
+        if key not in recorded:
+            changes.append(f"{done} records no {key}")
+        elif key == "data_fingerprint":
+            changes.append(f"test data in {recipe.data_bin} changed ({describe_data_change(before, value)})")
+        elif key == "checkpoint_file":
+            changes.append(f"{checkpoint_path(recipe, run).name} " + (
+                "is missing" if value is None else "changed since it was evaluated"))
+        else:
+            changes.append(f"{key} {json.dumps(before)} -> {json.dumps(value)}")
+    if changes:
+        return "; ".join(changes)
+    missing = [run.run_dir / "eval" / s / f for s in subsets for f in ("scores.json", "longtail.json")
+               if not (run.run_dir / "eval" / s / f).exists()]
+    return f"{missing[0]} is missing" if missing else None
 
 
-def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str]) -> List[str]:
-    """Creates or checks the run directory; refuses one made with another command."""
-    command = train_command(recipe, run)
+def check_run_dir(recipe: Recipe, run: RunPlan, data: Optional[Dict[str, dict]]) -> None:
+    """Refuses (RunRefused) a run directory whose run.json is unreadable, records another training
+    command, or records other training data than `data` (the data-bin's fingerprint now; None:
+    not checked). A run.json without a fingerprint (older runs) is taken as trained on `data`."""
     run_json = run.run_dir / "run.json"
-    if run_json.exists():
-        recorded = json.loads(run_json.read_text(encoding="utf-8")).get("train_command") or []
-        if recorded != command:
-            raise RecipeError(
-                f"{run.run_dir} was trained with a different command than recipe {recipe.path} now gives "
-                f"({describe_command_change(recorded, command)}); remove that directory or choose another --out")
+    if not run_json.exists():
+        return
+    remedy = "remove that directory to run it again, or choose another --out"
+    try:
+        info = read_json_object(run_json, "run record")
+    except UserError as error:
+        raise RunRefused(f"{error}; {remedy}", str(error)) from None
+    recorded = info.get("train_command")
+    if not isinstance(recorded, list) or not all(isinstance(a, str) for a in recorded):
+        reason = f"{run_json} has no train_command list"
+        raise RunRefused(f"{reason}; {remedy}", reason)
+    command = train_command(recipe, run)
+    if recorded != command:
+        change = describe_command_change(recorded, command)
+        raise RunRefused(f"{run.run_dir} was trained with a different command than recipe {recipe.path} now gives "
+                         f"({change}); {remedy}", f"trained with another command ({change})")
+    if data is not None and "data_fingerprint" in info and info["data_fingerprint"] != data:
+        change = describe_data_change(info["data_fingerprint"], data)
+        raise RunRefused(f"{run.run_dir} was trained on other data than {recipe.data_bin} now holds ({change}): "
+                         f"its model does not belong to that data; {remedy}", f"trained on other data ({change})")
+
+
+def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str], data: Dict[str, dict]) -> List[str]:
+    """Creates or checks the run directory (see check_run_dir); returns the training command."""
+    check_run_dir(recipe, run, data)
+    command = train_command(recipe, run)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     info = {"method": run.method.kind, "label": run.method.label, "config": run.method.name, "seed": run.seed,
             "recipe": recipe.name, "run": run.name, **run.method.params,
-            "checkpoint": checkpoint_description(recipe), "subsets": list(subsets), "train_command": command}
-    tmp = run_json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(run_json)
+            "checkpoint": checkpoint_description(recipe), "subsets": list(subsets), "train_command": command,
+            "data_fingerprint": data}
+    write_json_atomic(run.run_dir / "run.json", info)
     return command
+
+
+def checkpoint_path(recipe: Recipe, run: RunPlan) -> Path:
+    """The checkpoint file the recipe's policy evaluates."""
+    name = {"last": "checkpoint_last.pt", "best": "checkpoint_best.pt",
+            "average": f"checkpoint.avg{recipe.average_last}.pt"}[recipe.checkpoint]
+    return run.checkpoints / name
 
 
 def evaluation_checkpoint(recipe: Recipe, run: RunPlan) -> Path:
     """The checkpoint the recipe's policy evaluates (averaging the last epochs when asked)."""
-    if recipe.checkpoint == "last":
-        return run.checkpoints / "checkpoint_last.pt"
-    if recipe.checkpoint == "best":
-        return run.checkpoints / "checkpoint_best.pt"
-    from labo_fairseq.checkpoints import average_checkpoints, last_epoch_checkpoints
+    path = checkpoint_path(recipe, run)
+    if recipe.checkpoint == "average" and not path.exists():
+        from labo_fairseq.checkpoints import average_checkpoints, last_epoch_checkpoints
 
-    averaged = run.checkpoints / f"checkpoint.avg{recipe.average_last}.pt"
-    if not averaged.exists():
-        average_checkpoints(last_epoch_checkpoints(run.checkpoints, recipe.average_last), averaged)
-    return averaged
+        average_checkpoints(last_epoch_checkpoints(run.checkpoints, recipe.average_last), path)
+    return path
 
 
 class ChildProcesses:
@@ -577,6 +714,7 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequen
                  stream: bool, env: Optional[Dict[str, str]]) -> None:
     ev = recipe.evaluate
     (run.run_dir / "eval.done").unlink(missing_ok=True)
+    record = evaluation_record(recipe, run, subsets)
     for subset in subsets:
         out = run.run_dir / "eval" / subset
         command = [sys.executable, "-m", "labo_fairseq.cli", "evaluate", str(recipe.data_bin), str(checkpoint), str(out),
@@ -592,29 +730,29 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequen
                     "--level", str(ev["longtail_level"]), "--json", str(out / "longtail.json")]
         children.run(longtail, run.run_dir / f"longtail.{subset}.log", f"long-tail analysis of {run.name} on {subset}",
                      stream, env=env)
-    (run.run_dir / "eval.done").write_text(json.dumps(evaluation_settings(recipe, subsets)) + "\n", encoding="utf-8")
+    write_json_atomic(run.run_dir / "eval.done", record)
 
 
 def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: ChildProcesses,
                 stream: bool = True, env: Optional[Dict[str, str]] = None) -> str:
     """Trains (or resumes) and evaluates one run; returns "done" or "skipped"."""
-    command = prepare_run_dir(recipe, run, subsets)
-    settings = evaluation_settings(recipe, subsets)
+    command = prepare_run_dir(recipe, run, subsets, data_fingerprint(recipe.data_bin))
     trained = (run.run_dir / TRAIN_DONE).exists()
-    if trained and _eval_complete(run, subsets, settings):
+    change = evaluation_change(recipe, run, subsets) if trained else None
+    if trained and change is None:
         if stream:
             _say(f"{run.name}: already finished, skipping")
         return "skipped"
-    (run.run_dir / "command.sh").write_text(shlex.join(command) + "\n", encoding="utf-8")
+    write_text_atomic(run.run_dir / "command.sh", shlex.join(command) + "\n")
     if not trained:
         resuming = (run.checkpoints / "checkpoint_last.pt").exists()
         if stream:
             _say(f"{run.name}: {'resuming' if resuming else 'training'} ({run.method.label}, seed {run.seed}); "
                  f"log: {run.run_dir / 'train.log'}")
         children.run(command, run.run_dir / "train.log", f"training {run.name}", stream, append=resuming, env=env)
-        (run.run_dir / TRAIN_DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"), encoding="utf-8")
-    elif (run.run_dir / "eval.done").exists() and stream:
-        _say(f"{run.name}: evaluation settings changed, evaluating again")
+        write_text_atomic(run.run_dir / TRAIN_DONE, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    elif stream:
+        _say(f"{run.name}: evaluating again ({change})")
     evaluate_run(recipe, run, evaluation_checkpoint(recipe, run), subsets, children, stream, env)
     return "done"
 
@@ -734,20 +872,34 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
 
 
 class OutputLock:
-    """An exclusive lock on OUT: one pipeline at a time writes an experiment directory."""
+    """An exclusive lock on OUT: one pipeline at a time writes an experiment directory. The lock
+    file goes when its holder releases it; one left by a killed pipeline is simply taken over."""
 
     def __init__(self, out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / ".experiment.lock"
-        self._file = open(self.path, "w")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise RecipeError(f"{out_dir} is in use by another experiment; wait for it or choose another --out") from None
+        while True:
+            handle = open(self.path, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise RecipeError(f"{out_dir} is in use by another experiment; wait for it or choose another "
+                                  f"--out") from None
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()  # its holder released and removed it between open and flock: try again
+        self._file = handle
 
     def release(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)  # still held: nobody else holds this file now
+            self._file.close()
+            self._file = None
 
 
 def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None, jobs: int = 1) -> dict:
@@ -777,31 +929,26 @@ def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None
         summary = {"recipe": str(recipe.path), "runs": status,
                    "timing": {r.name: {k: results[r.name][k] for k in ("started", "finished")} for r in runs},
                    "report": headline}
-        tmp = out_dir / "experiment.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(out_dir / "experiment.json")
+        write_text_atomic(out_dir / "experiment.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         return summary
     finally:
         lock.release()
 
 
 def run_state(recipe: Recipe, run: RunPlan, subsets: Optional[Sequence[str]]) -> str:
-    """What running the recipe would do for this run now (what --dry-run prints)."""
-    run_json = run.run_dir / "run.json"
-    if run_json.exists():
-        try:
-            recorded = json.loads(run_json.read_text(encoding="utf-8")).get("train_command") or []
-        except (OSError, ValueError, AttributeError):
-            return f"refused: {run_json} is unreadable"
-        command = train_command(recipe, run)
-        if recorded != command:
-            return f"refused: trained with another command ({describe_command_change(recorded, command)})"
+    """What running the recipe would do for this run now (what --dry-run prints); `subsets` is
+    None while the data-bin is still to be prepared."""
+    try:
+        check_run_dir(recipe, run, None if subsets is None else data_fingerprint(recipe.data_bin))
+    except RunRefused as refused:
+        return f"refused: {refused.reason}"
     if not (run.run_dir / TRAIN_DONE).exists():
         last = run.checkpoints / "checkpoint_last.pt"
         return "resume training from checkpoint_last.pt, then evaluate" if last.exists() else "train, then evaluate"
-    if subsets is not None and _eval_complete(run, subsets, evaluation_settings(recipe, subsets)):
-        return "finished (skipped)"
-    return "evaluate again (evaluation settings changed or incomplete)"
+    if subsets is None:
+        return "decided once the data-bin is prepared"
+    change = evaluation_change(recipe, run, subsets)
+    return "finished (skipped)" if change is None else f"evaluate again ({change})"
 
 
 def describe_plan(recipe: Recipe, runs: Sequence[RunPlan], out_dir: Path) -> str:
@@ -813,10 +960,11 @@ def describe_plan(recipe: Recipe, runs: Sequence[RunPlan], out_dir: Path) -> str
     else:
         prepare = "no [data] prepare command: would fail" if recipe.prepare is None else \
             shlex.join(_substitute(a, recipe.variables, str(recipe.path)) for a in recipe.prepare)
-        data, subsets = f"prepare {recipe.data_bin}: {prepare}", None if recipe.subsets == ["all"] else recipe.subsets
+        data, subsets = f"prepare {recipe.data_bin}: {prepare}", None
     rows = [(r.name, r.method.label, r.seed, run_state(recipe, r, subsets)) for r in runs]
+    shown = subsets or (None if recipe.subsets == ["all"] else recipe.subsets)
     lines = [f"recipe {recipe.path} -> {out_dir}", f"data: {data}",
-             f"test sets: {', '.join(subsets) if subsets else 'every test split of the prepared data-bin'}; "
+             f"test sets: {', '.join(shown) if shown else 'every test split of the prepared data-bin'}; "
              f"evaluating {checkpoint_description(recipe)}", "",
              tabulate(rows, headers=["run", "method", "seed", "to do"], tablefmt="simple", disable_numparse=True),
              "", "# training commands (each run also writes its own to <run>/command.sh)"]

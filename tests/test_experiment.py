@@ -161,8 +161,8 @@ def test_ivon_run_trains_with_ivon_instead_of_the_recipes_optimizer(toy_data_bin
 @pytest.mark.parametrize("text,message", [
     ('[train]\nargs = "--arch transformer"', r"\[train\] args must be a list of strings"),
     ('[[methods]]\nkind = "labo"\nlabel_smoothing = "abc"', r"methods\[0\]\.label_smoothing must be a number"),
-    ('[[methods]]\nkind = "labo"\ntau = "abc"', r"methods\[0\]\.tau must be a number > 0"),
-    ('[[methods]]\nkind = "labo"\ntau = -1.0', r"methods\[0\]\.tau must be a number > 0"),
+    ('[[methods]]\nkind = "labo"\ntau = "abc"', r"methods\[0\]\.tau must be a number >= 0.0001"),
+    ('[[methods]]\nkind = "labo"\ntau = -1.0', r"methods\[0\]\.tau must be a number >= 0.0001"),
     ('[[methods]]\nkind = "labo"\nlabel_smoothing = 1.0', r"label_smoothing must be a number in \[0, 1\)"),
     ('[evaluate]\naverage_last = "x"', r"average_last must be an integer >= 0, got 'x'"),
     ('[evaluate]\nbeam = "abc"', r"beam must be an integer >= 1, got 'abc'"),
@@ -226,6 +226,7 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
     assert not out.exists()  # a dry run writes nothing
     proc = run_experiment(recipe, out)
     assert dry_run_states(recipe, out) == {run: "finished (skipped)" for run in runs}
+    assert not (out / ".experiment.lock").exists()
     for run in runs:
         run_dir = out / run
         info = json.loads((run_dir / "run.json").read_text())
@@ -259,9 +260,9 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
 
     # other [evaluate] settings re-evaluate the trained runs instead of skipping them
     recipe.write_text(recipe.read_text().replace("beam = 2", "beam = 1"))
-    assert set(dry_run_states(recipe, out).values()) == {"evaluate again (evaluation settings changed or incomplete)"}
+    assert set(dry_run_states(recipe, out).values()) == {"evaluate again (beam 2 -> 1)"}
     changed = run_experiment(recipe, out)
-    assert changed.stdout.count("evaluation settings changed, evaluating again") == 2
+    assert changed.stdout.count("evaluating again (beam 2 -> 1)") == 2
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/train.log")} == logs
     for run in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
         assert str(json.loads((out / run / "eval" / "test" / "scores.json").read_text())["beam"]) == "1"
@@ -348,6 +349,7 @@ def test_sigterm_stops_every_child_and_the_runs_resume(toy_data_bin, tmp_path):
     assert wait_for(lambda: not processes_mentioning(str(out)), 30), "a child outlived the pipeline"
     assert not any((p.parent.parent / "train.done").exists() for p in lasts)
     assert not any((p.parent.parent / "FAILED").exists() for p in lasts)
+    assert not (out / ".experiment.lock").exists()
 
     result = run_experiment(recipe, out, jobs=2)
     for p in lasts:
