@@ -120,14 +120,14 @@ class RowResult(NamedTuple):
 class RowResults:
     """Per-row results of a forward sweep over all rows, filled block by block."""
 
-    def __init__(self, n: int, device, dtype: torch.dtype, want_stats: bool):
+    def __init__(self, n: int, device, dtype: torch.dtype, want_stats: bool, track_order: bool):
         self.loss = torch.empty(n, device=device, dtype=dtype)
         self.nll = torch.empty_like(self.loss)
         self.lse = torch.empty_like(self.loss)
         self.m_ref = torch.empty_like(self.loss)
         self.log_sum_q = torch.empty_like(self.loss)
         self.q_entropy = torch.empty_like(self.loss) if want_stats else None
-        self.correct = torch.empty(n, device=device, dtype=torch.bool) if want_stats else None
+        self.correct = torch.empty(n, device=device, dtype=torch.bool) if track_order else None
 
     def store(self, r0: int, r1: int, res: RowResult) -> None:
         self.loss[r0:r1] = res.loss
@@ -137,6 +137,7 @@ class RowResults:
         self.log_sum_q[r0:r1] = res.log_sum_q
         if self.q_entropy is not None:
             self.q_entropy[r0:r1] = res.q_entropy
+        if self.correct is not None:
             self.correct[r0:r1] = res.correct
 
 

@@ -43,13 +43,21 @@ def check_impl(impl, choices) -> None:
         raise ValueError(f"impl must be one of {choices}, got {impl!r}")
 
 
+def host_checks(device: torch.device) -> bool:
+    """Whether checks may read tensors back to the host: free on the CPU; on a GPU a read
+    waits for every queued kernel, so the checks stay on the device there."""
+    return device.type == "cpu"
+
+
 def check_target(
     target: torch.Tensor, lead_shape: torch.Size, vocab: int, ignore_index: Optional[int], what: str
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Validate `target` against the leading shape of `what` (e.g. "logits").
 
     Returns the flattened target and the flattened keep-mask (None when no ignore_index).
-    Checking the range needs one host sync; it happens once per call, outside the hot loop.
+    The range is checked on the host for CPU tensors; on a GPU by a device-side assertion
+    (no host sync: a bad target stops the next CUDA call with this message, as torch's own
+    cross-entropy does).
     """
     if not isinstance(target, torch.Tensor):
         raise ValueError(f"target must be a tensor, got {type(target).__name__}")
@@ -67,13 +75,22 @@ def check_target(
         bad = (flat < 0) | (flat >= vocab)
         if keep is not None:
             bad &= keep
-        if bool(bad.any()):
+        if not host_checks(flat.device):
+            torch._assert_async(~bad.any(), f"target contains a value outside [0, {vocab}) at a non-ignored "
+                                            f"position (ignore_index={ignore_index!r})")
+        elif bool(bad.any()):
             value = flat[bad][0].item()
             raise ValueError(
                 f"target contains {value} outside [0, {vocab}) at a non-ignored position "
                 f"(ignore_index={ignore_index!r})"
             )
     return flat, keep
+
+
+def check_workspace(workspace_bytes) -> None:
+    if workspace_bytes is not None and (isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int)
+                                        or workspace_bytes < 1):
+        raise ValueError(f"workspace_bytes must be a positive int or None, got {workspace_bytes!r}")
 
 
 def _check_float_tensor(name, t) -> None:

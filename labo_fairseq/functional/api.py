@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ._validate import check_impl, check_linear, check_logits, check_scalars, check_target
+from ._validate import check_impl, check_linear, check_logits, check_scalars, check_target, check_workspace
 from .params import LaboParams, LaboStats
 
 IMPLS = ("auto", "torch", "triton")
@@ -79,6 +79,7 @@ def labo_cross_entropy(
     return_stats: bool = False,
     impl: str = "auto",
     inplace_grad: bool = False,
+    count_correct: bool = True,
 ):
     """LABO loss of `logits` [..., V] against `target` [...]; see the package docstring."""
     check_logits(logits)
@@ -90,9 +91,9 @@ def labo_cross_entropy(
     logits2d = logits.reshape(-1, V)
     if logits2d.stride(-1) != 1:
         logits2d = logits2d.contiguous()
-    params = LaboParams(alpha=alpha, inv_tau=1.0 / tau,
+    params = LaboParams(alpha=alpha, inv_tau=LaboParams.inv_tau_for(tau, logits.dtype),
                         chunk=chunk_size if chunk_size is not None else _default_chunk(impl, logits.device, False),
-                        per_row=reduction == "none", want_stats=return_stats)
+                        per_row=reduction == "none", want_stats=return_stats, count_correct=count_correct)
     n_tokens = torch.tensor(flat_target.numel(), device=logits.device) if keep is None else keep.sum()
     if impl == "triton":
         from .triton_ops import TritonLogitsLabo
@@ -116,28 +117,35 @@ def labo_linear_cross_entropy(
     chunk_size: Optional[int] = None,
     return_stats: bool = False,
     impl: str = "auto",
+    count_correct: bool = True,
+    workspace_bytes: Optional[int] = None,
 ):
     """LABO loss of logits = hidden @ weight.T + bias without materialising them."""
     check_linear(hidden, weight, bias)
     alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)
+    check_workspace(workspace_bytes)
     impl = resolve_impl(impl, hidden.device)
     V, d = weight.shape
     lead = hidden.shape[:-1]
     flat_target, keep = check_target(target, lead, V, ignore_index, "hidden")
     hidden2d = hidden.reshape(-1, d)
     n_rows = hidden2d.shape[0]
+    n_tokens = torch.tensor(n_rows, device=hidden.device) if keep is None else keep.sum()
+    params = LaboParams(alpha=alpha, inv_tau=LaboParams.inv_tau_for(tau, hidden.dtype),
+                        chunk=chunk_size if chunk_size is not None else _default_chunk(impl, hidden.device, True),
+                        per_row=reduction == "none", want_stats=return_stats, count_correct=count_correct,
+                        workspace_bytes=workspace_bytes)
+    if impl == "triton":
+        # the kernels skip ignored rows themselves: no host sync to find them
+        from .triton_ops import TritonFusedLabo
+        out = TritonFusedLabo.apply(hidden2d.contiguous(), weight, bias, flat_target, ignore_index, params)
+        return _finish(out, reduction, lead, n_tokens, return_stats)
     keep_rows = None
     if keep is not None and not bool(keep.all()):
-        # ignored positions cost nothing: drop them before any matmul
+        # ignored positions cost nothing: drop them before any matmul (one host sync, which
+        # costs nothing on the CPU, where this implementation is the default)
         keep_rows = keep.nonzero().squeeze(1)
         hidden2d, flat_target = hidden2d.index_select(0, keep_rows), flat_target.index_select(0, keep_rows)
-    n_tokens = torch.tensor(n_rows, device=hidden.device) if keep is None else keep.sum()
-    params = LaboParams(alpha=alpha, inv_tau=1.0 / tau,
-                        chunk=chunk_size if chunk_size is not None else _default_chunk(impl, hidden.device, True),
-                        per_row=reduction == "none", want_stats=return_stats)
-    if impl == "triton":
-        from .triton_ops import TritonFusedLabo as fused
-    else:
-        from .fused_linear import TorchFusedLabo as fused
-    out = fused.apply(hidden2d.contiguous(), weight, bias, flat_target, params)
+    from .fused_linear import TorchFusedLabo
+    out = TorchFusedLabo.apply(hidden2d.contiguous(), weight, bias, flat_target, params)
     return _finish(out, reduction, lead, n_tokens, return_stats, keep_rows, n_rows)

@@ -61,7 +61,7 @@ class TorchLogitsLabo(torch.autograd.Function):
         if precompute:
             grad = logits.detach() if inplace_grad else torch.empty_like(logits, memory_format=torch.contiguous_format)
         z_gold = logits.gather(1, y.unsqueeze(1)).squeeze(1).to(cdt)
-        rows_out = RowResults(N, dev, cdt, params.want_stats)
+        rows_out = RowResults(N, dev, cdt, params.want_stats, params.track_order)
 
         if precompute:
             # keep the row block's exps (one or two [rows, V] stores) for the gradient sweep
@@ -83,7 +83,7 @@ class TorchLogitsLabo(torch.autograd.Function):
         for r0, r1 in spans(N, rows_per_block):
             nr = r1 - r0
             yb = y[r0:r1]
-            acc = RowAccumulator(yb, inv_tau, params.want_stats, cdt, params.need_q)
+            acc = RowAccumulator(yb, inv_tau, params.track_order, cdt, params.need_q)
             refs = []
             for c0, c1 in spans(V, chunk):
                 z = logits[r0:r1, c0:c1].to(cdt)

@@ -35,7 +35,11 @@ def sizes_for(device: torch.device) -> FusedSizes:
     return CUDA_SIZES if device.type == "cuda" else CPU_SIZES
 
 
-def _token_rows(n: int, vocab: int, sizes: FusedSizes) -> int:
+def _token_rows(n: int, vocab: int, sizes: FusedSizes, workspace_bytes=None) -> int:
+    """Rows per token block: the [rows, V] exp store (float32) fills sizes.store_elements, or
+    `workspace_bytes` when given (then not capped by sizes.token_block)."""
+    if workspace_bytes is not None:
+        return max(1, min(n, max(32, workspace_bytes // (4 * vocab))))
     return max(1, min(n, sizes.token_block, max(32, sizes.store_elements // vocab)))
 
 
@@ -62,7 +66,7 @@ class TorchFusedLabo(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         precompute = (need_h or need_w or need_b) and hidden.dtype != torch.float16 and not params.per_row
-        rows = _token_rows(n, V, sizes)
+        rows = _token_rows(n, V, sizes, params.workspace_bytes)
         keep_eq = precompute and alpha > 0.0 and inv_tau not in (0.0, 1.0)
 
         work = torch.empty(rows * chunk, device=dev, dtype=cdt)
@@ -73,14 +77,14 @@ class TorchFusedLabo(torch.autograd.Function):
         grad_w = torch.zeros(V, d, device=dev, dtype=cdt) if precompute and need_w else None
         grad_b = torch.zeros(V, device=dev, dtype=cdt) if precompute and need_b else None
 
-        rows_out = RowResults(n, dev, cdt, params.want_stats)
+        rows_out = RowResults(n, dev, cdt, params.want_stats, params.track_order)
         ones = torch.ones(rows, device=dev, dtype=cdt)
 
         for r0, r1 in spans(n, rows):
             nr = r1 - r0
             hb = hidden[r0:r1]
             yb = target[r0:r1]
-            acc = RowAccumulator(yb, inv_tau, params.want_stats, cdt, params.need_q)
+            acc = RowAccumulator(yb, inv_tau, params.track_order, cdt, params.need_q)
             z_gold = torch.zeros(nr, device=dev, dtype=cdt)
             refs = []
             for c0, c1 in spans(V, chunk):

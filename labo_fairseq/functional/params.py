@@ -14,7 +14,10 @@ class LaboParams:
     chunk: vocabulary chunk width (torch) or upper bound of the block width (Triton).
     per_row: reduction "none": per-row losses; otherwise the Function returns their sum
         ("mean" divides that sum outside the Function, so autograd applies the 1/n).
-    want_stats: also return the summed q entropy and the number of correct argmax rows.
+    want_stats: also return the summed q entropy (and, with count_correct, the number of
+        rows whose argmax is the target).
+    count_correct: track the argmax (costs a masked max per element on the GPU).
+    workspace_bytes: fused op only: memory for one token chunk of logits (None: default).
     """
 
     alpha: float
@@ -22,11 +25,26 @@ class LaboParams:
     chunk: int
     per_row: bool
     want_stats: bool
+    count_correct: bool = True
+    workspace_bytes: Optional[int] = None
+
+    @staticmethod
+    def inv_tau_for(tau: float, dtype: torch.dtype) -> float:
+        """1 / tau, or 0.0 (the tau = inf branch) when 1 / tau is not a normal number of the
+        accumulation dtype: the kernels would otherwise see a zero or subnormal 1/tau on the
+        finite-tau branch (-inf * 0 = NaN at the gold column)."""
+        inv_tau = 1.0 / tau
+        return inv_tau if inv_tau >= torch.finfo(compute_dtype(dtype)).tiny else 0.0
 
     @property
     def need_q(self) -> bool:
         """q is needed for the smoothing term or for its entropy statistic."""
         return self.alpha > 0.0 or self.want_stats
+
+    @property
+    def track_order(self) -> bool:
+        """The argmax is tracked (for n_correct)."""
+        return self.want_stats and self.count_correct
 
 
 class LaboStats(NamedTuple):
@@ -34,7 +52,7 @@ class LaboStats(NamedTuple):
 
     q_entropy: sum of the entropy of q (nats); divide by n_tokens for the mean.
     n_correct: number of positions where argmax(z) == target (ties resolve to the lowest
-        index, as torch.argmax does).
+        index, as torch.argmax does); None when not counted (count_correct=False).
     n_tokens: number of non-ignored positions.
     """
 
@@ -62,25 +80,35 @@ def function_outputs(ctx, loss, nll, q_entropy, correct, keep: Optional[torch.Te
         loss, nll = torch.where(keep, loss, 0.0), torch.where(keep, nll, 0.0)
     if not params.per_row:
         loss, nll = loss.sum(), nll.sum()
+    n_correct = None
     if params.want_stats:
         if keep is not None:
-            q_entropy, correct = torch.where(keep, q_entropy, 0.0), correct.bool() & keep
-        q_entropy, n_correct = q_entropy.sum(), correct.sum(dtype=torch.long)
+            q_entropy = torch.where(keep, q_entropy, 0.0)
+        q_entropy = q_entropy.sum()
+        if params.count_correct:
+            n_correct = (correct.bool() if keep is None else correct.bool() & keep).sum(dtype=torch.long)
     else:
-        q_entropy, n_correct = loss.new_zeros(()), torch.zeros((), dtype=torch.long, device=loss.device)
-    ctx.mark_non_differentiable(nll, q_entropy, n_correct)
+        q_entropy = loss.new_zeros(())
+    ctx.mark_non_differentiable(*(t for t in (nll, q_entropy, n_correct) if t is not None))
     return loss, nll, q_entropy, n_correct
 
 
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, per_row: bool) -> torch.Tensor:
     """Multiplies a gradient computed for a unit incoming gradient by the real one, in place.
 
-    Skipped for a CPU scalar 1.0 ("sum" reduction on CPU), where checking costs no sync.
+    Skipped when the incoming gradient is a scalar 1.0 (fairseq without loss scaling): on the
+    CPU by looking at it, on CUDA by a Triton kernel that looks at it on the device (no sync).
     """
     if per_row:
         return grad.mul_(grad_output.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
-    if grad_output.device.type == "cpu" and grad_output.item() == 1.0:
-        return grad
+    if grad_output.device.type == "cpu":
+        return grad if grad_output.item() == 1.0 else grad.mul_(grad_output.to(grad.dtype))
+    if grad.is_cuda and (grad.is_contiguous() or (grad.dim() == 2 and grad.stride(-1) == 1)):
+        try:
+            from .triton_scale import scale_unless_one_
+        except ImportError:  # no triton: the plain multiply
+            return grad.mul_(grad_output.to(grad.dtype))
+        return scale_unless_one_(grad, grad_output)
     return grad.mul_(grad_output.to(grad.dtype))
 
 

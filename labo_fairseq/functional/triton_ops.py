@@ -26,18 +26,26 @@ from .params import LaboParams, compute_dtype, function_outputs, scale_grad_, sp
 from .triton_row_grad import row_grad_kernel
 from .triton_row_stats import row_stats_kernel
 
-MAX_BLOCK_V = 32768  # vocabulary block per loop step on a GPU
-GPU_NUM_WARPS = 32
-# fused op: logits workspace of at least this many elements (and about N * d), so that the
-# chunk matmuls stay large while the workspace stays near the size of `hidden`
-MIN_WORKSPACE_ELEMENTS = 1 << 24
+# Largest vocabulary block per loop step: every configuration up to it compiles for sm_90
+# without register spills (`labo-bench kernels`); larger chunk sizes are capped to it.
+MAX_BLOCK_V = 32768
+# elements of a block each thread holds: the register budget the kernels were sized for
+ELEMENTS_PER_THREAD = 32
+MAX_NUM_WARPS = 32
+# fused op: default logits workspace per token chunk (rows x V in the matmul dtype)
+DEFAULT_WORKSPACE_BYTES = 256 << 20
 MIN_TOKEN_ROWS = 64
 
 
 def block_width(vocab: int, chunk: int) -> int:
-    """Largest power of two <= chunk, capped by the vocabulary's next power of two."""
-    width = 1 << (max(1, chunk).bit_length() - 1)
+    """Largest power of two <= chunk, capped by MAX_BLOCK_V and the vocabulary's next power of two."""
+    width = 1 << (max(1, min(chunk, MAX_BLOCK_V)).bit_length() - 1)
     return max(16, min(width, triton.next_power_of_2(vocab)))
+
+
+def num_warps_for(block: int) -> int:
+    """Warps per program: ELEMENTS_PER_THREAD elements per thread, 4 to MAX_NUM_WARPS warps."""
+    return max(4, min(MAX_NUM_WARPS, block // (32 * ELEMENTS_PER_THREAD)))
 
 
 class RowStats:
@@ -58,10 +66,10 @@ class RowStats:
 
 def _flags(params: LaboParams, z: torch.Tensor):
     acc = tl.float64 if compute_dtype(z.dtype) == torch.float64 else tl.float32
-    flags = dict(BLOCK_V=block_width(z.shape[1], params.chunk), ACC=acc, TAU_INF=params.inv_tau == 0.0,
-                 SMOOTH=params.alpha > 0.0)
+    block = block_width(z.shape[1], params.chunk)
+    flags = dict(BLOCK_V=block, ACC=acc, TAU_INF=params.inv_tau == 0.0, SMOOTH=params.alpha > 0.0)
     if z.is_cuda:
-        flags["num_warps"] = GPU_NUM_WARPS
+        flags["num_warps"] = num_warps_for(block)
     return flags
 
 
@@ -91,7 +99,7 @@ def row_stats(z, target, ignore_index, params: LaboParams, grad_out=None) -> Row
     out = z if grad_out is None else grad_out  # not written without WITH_GRAD
     row_stats_kernel[(n,)](z, z.stride(0), out, out.stride(0), target, _ignore(ignore_index), V,
                            _hyper_for(params, z), *stats.pointers(), NEED_Q=params.need_q,
-                           TRACK_ORDER=params.want_stats, WITH_GRAD=grad_out is not None, **_flags(params, z))
+                           TRACK_ORDER=params.track_order, WITH_GRAD=grad_out is not None, **_flags(params, z))
     return stats
 
 
@@ -146,11 +154,16 @@ class TritonLogitsLabo(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def token_rows(n: int, vocab: int, dim: int) -> int:
-    """Rows per token chunk of the fused op: logits workspace rows x V of about
-    max(n * d, MIN_WORKSPACE_ELEMENTS) elements, at least MIN_TOKEN_ROWS rows."""
-    budget = max(n * dim, MIN_WORKSPACE_ELEMENTS)
-    return max(1, min(n, max(MIN_TOKEN_ROWS, budget // max(vocab, 1))))
+def token_rows(n: int, vocab: int, element_size: int, workspace_bytes, device: torch.device) -> int:
+    """Rows per token chunk of the fused op: the logits of a chunk (rows x V in the matmul
+    dtype) fill `workspace_bytes` (default DEFAULT_WORKSPACE_BYTES), at most half the memory
+    still free on a CUDA device, and at least MIN_TOKEN_ROWS rows."""
+    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        budget = min(budget, (free + cached) // 2)
+    return max(1, min(n, max(MIN_TOKEN_ROWS, budget // (vocab * element_size))))
 
 
 def _matmul_dtype(hidden):
@@ -159,12 +172,42 @@ def _matmul_dtype(hidden):
     return hidden.dtype
 
 
+class FusedGrads:
+    """The fused op's gradient accumulators. grad_weight and grad_bias sum over token chunks in
+    the accumulation dtype (float32, float64 for float64): each chunk's g.T @ h is one GEMM
+    (its own float32 accumulation, rounded once to the matmul dtype) added in float32, so the
+    error stays that of a single GEMM however many chunks there are. grad_hidden is written
+    once per row, in the matmul dtype."""
+
+    def __init__(self, n, vocab, dim, device, mdt, need_h, need_w, need_b):
+        cdt = compute_dtype(mdt)
+        self.hidden = torch.empty(n, dim, device=device, dtype=mdt) if need_h else None
+        self.weight = torch.zeros(vocab, dim, device=device, dtype=cdt) if need_w else None
+        self.bias = torch.zeros(vocab, device=device, dtype=cdt) if need_b else None
+
+    def add_chunk(self, g, hb, w, r0, r1):
+        """g: d loss / d logits of rows r0:r1 (matmul dtype); hb: those rows of hidden."""
+        if self.hidden is not None:
+            torch.mm(g, w, out=self.hidden[r0:r1])
+        if self.weight is not None:
+            if self.weight.dtype == g.dtype:
+                self.weight.addmm_(g.t(), hb)
+            else:
+                self.weight.add_(torch.mm(g.t(), hb))
+        if self.bias is not None:
+            self.bias.add_(g.sum(0, dtype=self.bias.dtype))
+
+    def as_tuple(self):
+        return self.hidden, self.weight, self.bias
+
+
 class TritonFusedLabo(torch.autograd.Function):
-    """labo_linear_cross_entropy on hidden [N, d] (ignored rows already dropped)."""
+    """labo_linear_cross_entropy on hidden [N, d]; rows whose target is `ignore_index` give
+    zero loss and zero gradient (handled by the kernel, so no host sync picks them out)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, hidden, weight, bias, target, params: LaboParams):
+    def forward(ctx, hidden, weight, bias, target, ignore_index, params: LaboParams):
         n, d = hidden.shape
         V = weight.shape[0]
         mdt = _matmul_dtype(hidden)  # the dtype autocast would compute the projection in
@@ -173,22 +216,18 @@ class TritonFusedLabo(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         precompute = (need_h or need_w or need_b) and mdt != torch.float16 and not params.per_row
-        rows = token_rows(n, V, d)
         cdt = compute_dtype(mdt)
-        grad_h = torch.empty(n, d, device=h.device, dtype=mdt) if precompute and need_h else None
-        grad_w = torch.zeros(V, d, device=h.device, dtype=mdt) if precompute and need_w else None
-        grad_b = torch.zeros(V, device=h.device, dtype=cdt) if precompute and need_b else None
+        grads = FusedGrads(n, V, d, h.device, mdt, need_h, need_w, need_b) if precompute else None
         results = [RowStats(0, h.device, cdt)]
-        for r0, r1 in spans(n, rows):
+        for r0, r1 in spans(n, token_rows(n, V, h.element_size(), params.workspace_bytes, h.device)):
             hb = h[r0:r1]
             z = F.linear(hb, w, b)
-            stats = row_stats(z, target[r0:r1], None, params, grad_out=z if precompute else None)
-            results.append(stats)
+            results.append(row_stats(z, target[r0:r1], ignore_index, params, grad_out=z if precompute else None))
             if precompute:
-                _accumulate(z, hb, w, grad_h, grad_w, grad_b, r0, r1)
+                grads.add_chunk(z, hb, w, r0, r1)
         stats = _concat(results)
-        ctx.params = params
-        ctx.grads = (grad_h, grad_w, grad_b) if precompute else None
+        ctx.params, ctx.ignore_index = params, ignore_index
+        ctx.grads = grads.as_tuple() if precompute else None
         ctx.save_for_backward(hidden, weight, bias, target, stats.lse, stats.m_ref, stats.log_sum_q)
         return function_outputs(ctx, stats.loss, stats.nll, stats.q_entropy, stats.correct, None, params)
 
@@ -201,7 +240,7 @@ class TritonFusedLabo(torch.autograd.Function):
         need_b = bias is not None and ctx.needs_input_grad[2]
         grads = take_precomputed_grads(ctx, grad_loss, (hidden, weight, bias))
         if grads is not None:
-            return (*grads, None, None)
+            return (*grads, None, None, None)
         n, d = hidden.shape
         V = weight.shape[0]
         mdt = _matmul_dtype(hidden)
@@ -209,32 +248,21 @@ class TritonFusedLabo(torch.autograd.Function):
         b = None if bias is None else bias.to(mdt)
         cdt = lse.dtype
         scale = grad_loss.reshape(-1).to(cdt) if params.per_row else grad_loss.to(cdt).expand(n).contiguous()
-        grad_h = torch.empty(n, d, device=h.device, dtype=mdt) if need_h else None
-        grad_w = torch.zeros(V, d, device=h.device, dtype=mdt) if need_w else None
-        grad_b = torch.zeros(V, device=h.device, dtype=cdt) if need_b else None
+        acc = FusedGrads(n, V, d, h.device, mdt, need_h, need_w, need_b)
         stats = RowStats.__new__(RowStats)
-        for r0, r1 in spans(n, token_rows(n, V, d)):
+        for r0, r1 in spans(n, token_rows(n, V, h.element_size(), params.workspace_bytes, h.device)):
             hb = h[r0:r1]
             z = F.linear(hb, w, b)
             stats.lse, stats.m_ref, stats.log_sum_q = lse[r0:r1], m_ref[r0:r1], log_sum_q[r0:r1]
-            row_grads(z, target[r0:r1], None, stats, scale[r0:r1], params, z)
-            _accumulate(z, hb, w, grad_h, grad_w, grad_b, r0, r1)
+            row_grads(z, target[r0:r1], ctx.ignore_index, stats, scale[r0:r1], params, z)
+            acc.add_chunk(z, hb, w, r0, r1)
+        grad_h, grad_w, grad_b = acc.as_tuple()
         return (
             None if grad_h is None else grad_h.to(hidden.dtype),
             None if grad_w is None else grad_w.to(weight.dtype),
             None if grad_b is None else grad_b.to(bias.dtype),
-            None, None,
+            None, None, None,
         )
-
-
-def _accumulate(g, hb, w, grad_h, grad_w, grad_b, r0, r1):
-    """grad_h[rows] = g @ W; grad_w += g.T @ h[rows] (in the matmul dtype); grad_b += sum g."""
-    if grad_h is not None:
-        torch.mm(g, w, out=grad_h[r0:r1])
-    if grad_w is not None:
-        grad_w.addmm_(g.t(), hb)
-    if grad_b is not None:
-        grad_b.add_(g.sum(0, dtype=grad_b.dtype))
 
 
 def _concat(parts) -> RowStats:
@@ -242,3 +270,42 @@ def _concat(parts) -> RowStats:
     for name in ("loss", "nll", "lse", "m_ref", "log_sum_q", "q_entropy", "correct"):
         setattr(out, name, torch.cat([getattr(p, name) for p in parts]))
     return out
+
+
+DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MODES = {  # what the criterion runs: LABO, LABO with accuracy, uniform LS, plain CE
+    "labo": dict(TAU_INF=False, SMOOTH=True, NEED_Q=True, TRACK_ORDER=False),
+    "labo+acc": dict(TAU_INF=False, SMOOTH=True, NEED_Q=True, TRACK_ORDER=True),
+    "ls": dict(TAU_INF=True, SMOOTH=True, NEED_Q=True, TRACK_ORDER=False),
+    "ce": dict(TAU_INF=False, SMOOTH=False, NEED_Q=False, TRACK_ORDER=False),
+}
+
+
+def _arg_type(name: str, dtype: str) -> str:
+    if not name.endswith("_ptr"):
+        return "i32"
+    if name in ("z_ptr", "g_ptr"):
+        return "*" + dtype
+    return {"target_ptr": "*i64", "correct_ptr": "*i8"}.get(name, "*fp32")
+
+
+def shipped_configs(vocab: int, dtypes=("bf16", "fp16", "fp32")):
+    """Every kernel configuration the launchers above use at vocabulary size `vocab`, as
+    `benchmarks.kernels.KernelSpec`s for an offline compile (no GPU needed)."""
+    from labo_fairseq.benchmarks.kernels import KernelSpec
+
+    specs = []
+    for dtype in dtypes:
+        block = block_width(vocab, MAX_BLOCK_V)
+        for kernel, extra, label in ((row_stats_kernel, dict(WITH_GRAD=False), "row_stats"),
+                                     (row_stats_kernel, dict(WITH_GRAD=True), "row_stats+grad"),
+                                     (row_grad_kernel, {}, "row_grad")):
+            for mode, flags in MODES.items():
+                constexprs = {k: v for k, v in {**flags, **extra}.items() if k in kernel.arg_names}
+                constexprs.update(BLOCK_V=block, ACC=tl.float32)
+                signature = {n: ("constexpr" if n in constexprs else _arg_type(n, dtype)) for n in kernel.arg_names}
+                aligned = tuple(n for n, t in signature.items() if t.startswith("*") or n in ("z_stride", "g_stride", "V"))
+                specs.append(KernelSpec(name=label, kernel=kernel, dtype=dtype, block_v=block, num_warps=num_warps_for(block),
+                                        signature=signature, constexprs=constexprs, aligned=aligned,
+                                        info={"mode": mode, "vocab": vocab}))
+    return specs

@@ -76,21 +76,127 @@ def test_fused_op_matches_reference(alpha, tau, chunk, reduction):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_fused_op_takes_several_token_chunks(monkeypatch):
+def test_fused_op_takes_several_token_chunks_and_skips_ignored_rows_in_the_kernel(monkeypatch):
     from labo_fairseq.functional import triton_ops
 
-    monkeypatch.setattr(triton_ops, "MIN_WORKSPACE_ELEMENTS", 1)
     monkeypatch.setattr(triton_ops, "MIN_TOKEN_ROWS", 1)
-    assert triton_ops.token_rows(24, 19, 8) < 24  # so the loop below really runs in chunks
+    workspace = 5 * 19 * 8  # five rows of float64 logits per chunk
+    assert triton_ops.token_rows(24, 19, 8, workspace, torch.device(DEVICE)) == 5  # so the loop runs in chunks
     g = torch.Generator().manual_seed(5)
     hidden = torch.randn(24, 8, generator=g, dtype=F64).to(DEVICE).requires_grad_()
     weight = torch.randn(19, 8, generator=g, dtype=F64).to(DEVICE).requires_grad_()
-    target = torch.randint(0, 19, (24,), generator=g).to(DEVICE)
-    loss, _ = labo_linear_cross_entropy(hidden, weight, target, 0.1, 1.5, impl="triton", chunk_size=16)
-    ref, _, _ = labo_cross_entropy_reference(hidden @ weight.T, target, 0.1, 1.5)
-    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
-    for got, want in zip(torch.autograd.grad(loss, [hidden, weight]), torch.autograd.grad(ref, [hidden, weight])):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    target = torch.randint(0, 19, (24,), generator=g)
+    target[::3] = PAD
+    target = target.to(DEVICE)
+    for reduction in ("sum", "none"):  # "none" recomputes the gradient in backward
+        loss, _ = labo_linear_cross_entropy(hidden, weight, target, 0.1, 1.5, ignore_index=PAD, impl="triton",
+                                            chunk_size=16, reduction=reduction, workspace_bytes=workspace)
+        ref, _, _ = labo_cross_entropy_reference(hidden @ weight.T, target, 0.1, 1.5, ignore_index=PAD,
+                                                 reduction=reduction)
+        torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+        got = torch.autograd.grad(_weighted(loss, reduction), [hidden, weight])
+        want = torch.autograd.grad(_weighted(ref, reduction), [hidden, weight])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert torch.all(got[0][::3] == 0)  # ignored rows: no gradient
+
+
+def test_bfloat16_fused_grad_weight_error_does_not_grow_with_the_number_of_chunks(monkeypatch):
+    """grad_W sums g.T @ h over token chunks in float32: with 64 chunks its error is that of one
+    chunk (one bfloat16 GEMM: float32 accumulation inside, one rounding), not 64 roundings."""
+    from labo_fairseq.functional import triton_ops
+
+    monkeypatch.setattr(triton_ops, "MIN_TOKEN_ROWS", 1)
+    n, vocab, d = 128, 64, 32
+    g = torch.Generator().manual_seed(11)
+    hidden = (torch.randn(n, d, generator=g) * 0.5).to(torch.bfloat16)
+    weight = (torch.randn(vocab, d, generator=g) * 0.5).to(torch.bfloat16)
+    target = torch.randint(0, vocab, (n,), generator=g)
+    w64 = weight.double().requires_grad_()
+    ref, _, _ = labo_cross_entropy_reference(hidden.double() @ w64.T, target, 0.1, 1.25)
+    (exact,) = torch.autograd.grad(ref, [w64])
+
+    def error(rows_per_chunk):
+        w = weight.to(DEVICE).requires_grad_()
+        loss, _ = labo_linear_cross_entropy(hidden.to(DEVICE), w, target.to(DEVICE), 0.1, 1.25, impl="triton",
+                                            workspace_bytes=rows_per_chunk * vocab * 2)
+        (grad_w,) = torch.autograd.grad(loss, [w])
+        return ((grad_w.double().cpu() - exact).norm() / exact.norm()).item()
+
+    one_chunk, many_chunks = error(n), error(n // 64)
+    assert many_chunks <= 1.5 * one_chunk, (many_chunks, one_chunk)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_finite_tau_whose_reciprocal_underflows_is_uniform_smoothing_not_nan(impl):
+    device = DEVICE if impl == "triton" else "cpu"
+    base, target = make_inputs((3, 4), V, dtype=torch.float32, device=device)
+    for tau in (1e50, 1e300):
+        logits = base.clone().requires_grad_()
+        loss, nll = labo_cross_entropy(logits, target, 0.2, tau, ignore_index=PAD, impl=impl, chunk_size=16)
+        (grad,) = torch.autograd.grad(loss, logits)
+        inf_logits = base.clone().requires_grad_()
+        inf_loss, _ = labo_cross_entropy(inf_logits, target, 0.2, math.inf, ignore_index=PAD, impl=impl, chunk_size=16)
+        (inf_grad,) = torch.autograd.grad(inf_loss, inf_logits)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        torch.testing.assert_close(loss, inf_loss)
+        torch.testing.assert_close(grad, inf_grad)
+        hidden = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0)).to(device)
+        weight = torch.randn(V, 8, generator=torch.Generator().manual_seed(1)).to(device)
+        fused, _ = labo_linear_cross_entropy(hidden, weight, target, 0.2, tau, ignore_index=PAD, impl=impl)
+        fused_inf, _ = labo_linear_cross_entropy(hidden, weight, target, 0.2, math.inf, ignore_index=PAD, impl=impl)
+        assert torch.isfinite(fused)
+        torch.testing.assert_close(fused, fused_inf)
+
+
+def test_chunk_sizes_above_the_largest_block_are_capped():
+    from labo_fairseq.functional.triton_ops import MAX_BLOCK_V, block_width, num_warps_for
+
+    assert block_width(200_000, 65_536) == MAX_BLOCK_V
+    assert block_width(200_000, 1 << 30) == MAX_BLOCK_V
+    assert block_width(1000, 65_536) == 1024  # the vocabulary's next power of two
+    assert num_warps_for(MAX_BLOCK_V) == 32 and num_warps_for(1024) == 4
+
+
+def test_accuracy_is_tracked_only_when_asked():
+    logits, target = make_inputs((3, 4), V, device=DEVICE)
+    _, _, counted = labo_cross_entropy(logits, target, 0.1, 1.25, ignore_index=PAD, return_stats=True,
+                                       impl="triton", chunk_size=16)
+    _, _, uncounted = labo_cross_entropy(logits, target, 0.1, 1.25, ignore_index=PAD, return_stats=True,
+                                         impl="triton", chunk_size=16, count_correct=False)
+    keep = target.ne(PAD)
+    assert counted.n_correct.item() == ((logits.argmax(-1) == target) & keep).sum().item()
+    assert uncounted.n_correct is None
+    torch.testing.assert_close(uncounted.q_entropy, counted.q_entropy)
+
+
+def test_hot_path_makes_no_host_sync(monkeypatch):
+    """What a CUDA call does, checked on the CPU: with host checks off (as for CUDA tensors),
+    neither op reads a tensor back to the host; the target range is still asserted, on the device."""
+    from labo_fairseq.functional import _validate
+
+    monkeypatch.setattr(_validate, "host_checks", lambda device: False)
+    asserted = []
+    real_assert = torch._assert_async
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: asserted.append(msg) or real_assert(cond, msg))
+    logits, target = make_inputs((3, 4), V, dtype=torch.float32, device=DEVICE)
+    logits.requires_grad_()
+    hidden = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(3)).to(DEVICE).requires_grad_()
+    weight = torch.randn(V, 8, generator=torch.Generator().manual_seed(4)).to(DEVICE).requires_grad_()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host sync in the hot path")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "nonzero", "tolist", "__bool__"):  # every way to read a value back
+            m.setattr(torch.Tensor, name, refuse)
+        loss, _, _ = labo_cross_entropy(logits, target, 0.1, 1.25, ignore_index=PAD, return_stats=True,
+                                        impl="triton", chunk_size=16, count_correct=False)
+        fused, _, _ = labo_linear_cross_entropy(hidden, weight, target, 0.1, 1.25, ignore_index=PAD,
+                                                return_stats=True, impl="triton", count_correct=False)
+    assert len(asserted) == 2
+    (loss + fused).backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(weight.grad).all()
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3), (torch.float32, 1e-6)])
