@@ -22,7 +22,8 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from omegaconf import II
 
-from labo_fairseq.functional import IMPLS, TAU_MIN, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
+from labo_fairseq.functional import (IMPLS, TAU_MIN, LaboStats, labo_cross_entropy, labo_linear_cross_entropy,
+                                     resolve_impl)
 
 
 @dataclass
@@ -38,7 +39,13 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
     )
     labo_chunk_size: Optional[int] = field(
         default=None,
-        metadata={"help": "vocabulary chunk width of the streaming loss (default: automatic)"},
+        metadata={"help": "vocabulary chunk width of the streaming loss (default: automatic; the Triton "
+                          "kernels cap it at their largest block, 32768)"},
+    )
+    labo_workspace_mb: int = field(
+        default=256,
+        metadata={"help": "memory (MiB) for one token chunk of logits in the fused loss (tokens per chunk = "
+                          "this / (vocabulary x bytes per element)); on a GPU at most half the free memory"},
     )
     labo_impl: ChoiceEnum(IMPLS) = field(
         default="auto",
@@ -88,7 +95,7 @@ def report_flag_errors() -> None:
 
 
 def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size,
-                 labo_impl="auto"):
+                 labo_impl="auto", labo_workspace_mb=256):
     """Fails at start-up, naming the flag, rather than at the first batch."""
     if str(labo_impl) not in IMPLS:
         raise LaboFlagError(f"--labo-impl must be one of {', '.join(IMPLS)}, got {labo_impl}")
@@ -104,6 +111,8 @@ def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_upda
         raise LaboFlagError(f"--labo-tau must be >= {TAU_MIN:g} (or inf), got {labo_tau}")
     if labo_chunk_size is not None and labo_chunk_size < 1:
         raise LaboFlagError(f"--labo-chunk-size must be >= 1, got {labo_chunk_size}")
+    if labo_workspace_mb < 1:
+        raise LaboFlagError(f"--labo-workspace-mb must be >= 1, got {labo_workspace_mb}")
     if smoothing_stop_update < 0:
         raise LaboFlagError(f"--smoothing-stop-update must be >= 0, got {smoothing_stop_update}")
     if ignore_prefix_size < 0:
@@ -183,6 +192,7 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         label_smoothing=0.1,
         labo_tau=1.25,
         labo_chunk_size=None,
+        labo_workspace_mb=256,
         labo_impl="auto",
         no_labo_fused=False,
         smoothing_stop_update=0,
@@ -192,11 +202,12 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         super().__init__(task)
         labo_tau = float(labo_tau)
         _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size,
-                     labo_impl)
+                     labo_impl, labo_workspace_mb)
         self.sentence_avg = sentence_avg
         self.eps = label_smoothing
         self.tau = labo_tau
         self.chunk_size = labo_chunk_size
+        self.workspace_bytes = labo_workspace_mb << 20
         self.impl = str(labo_impl)
         self.fused = not no_labo_fused
         self.smoothing_stop_update = smoothing_stop_update
@@ -238,9 +249,10 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
-            "q_entropy": stats.q_entropy.data,
-            "q_entropy_tokens": stats.n_tokens.data,
         }
+        if stats.q_entropy is not None:  # logged while smoothing (alpha > 0)
+            logging_output["q_entropy"] = stats.q_entropy.data
+            logging_output["q_entropy_tokens"] = stats.n_tokens.data
         if self.report_accuracy:
             logging_output["n_correct"] = utils.item(stats.n_correct.data)
             logging_output["total"] = utils.item(stats.n_tokens.data)
@@ -267,24 +279,34 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
     def compute_loss_and_stats(self, model, net_output, sample, reduce=True, inplace_grad=False):
         """(loss, nll_loss, LaboStats); `reduce=False` gives per-token losses (0 at padding).
 
-        `inplace_grad` lets the op overwrite logits with their gradient (only when nothing
-        reads them afterwards; never log-probabilities, which log_softmax's backward needs)."""
+        The statistics cost only what is logged: q's entropy while smoothing (alpha > 0), the
+        argmax only with --report-accuracy; what is not computed is None (LaboStats' q_entropy
+        and n_correct). `inplace_grad` lets the op overwrite logits with their gradient (only
+        when nothing reads them afterwards; never log-probabilities, which log_softmax's
+        backward needs)."""
         inputs, target, path = self._inputs_and_target(model, net_output, sample)
+        alpha = self.current_alpha()
+        want_stats = alpha > 0.0 or self.report_accuracy
         options = dict(
             ignore_index=self.padding_idx,
             reduction="sum" if reduce else "none",
             chunk_size=self.chunk_size,
-            return_stats=True,
+            return_stats=want_stats,
+            count_correct=self.report_accuracy,
             impl=self.impl,
         )
-        alpha = self.current_alpha()
         if path == "fused":
             projection = _unwrap(model).decoder.output_projection
-            return labo_linear_cross_entropy(
-                inputs, projection.weight, target, alpha, self.tau, bias=projection.bias, **options
-            )
-        return labo_cross_entropy(inputs, target, alpha, self.tau, inplace_grad=inplace_grad and path == "logits",
-                                  **options)
+            out = labo_linear_cross_entropy(inputs, projection.weight, target, alpha, self.tau, bias=projection.bias,
+                                            workspace_bytes=self.workspace_bytes, **options)
+        else:
+            out = labo_cross_entropy(inputs, target, alpha, self.tau,
+                                     inplace_grad=inplace_grad and path == "logits", **options)
+        if not want_stats:
+            loss, nll_loss = out
+            return loss, nll_loss, LaboStats(None, None, None)
+        loss, nll_loss, stats = out
+        return loss, nll_loss, stats._replace(q_entropy=stats.q_entropy if alpha > 0.0 else None)
 
     def compute_loss(self, model, net_output, sample, reduce=True):
         """(loss, nll_loss) for net_output = model(**sample["net_input"]), as in fairseq's

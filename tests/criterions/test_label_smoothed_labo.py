@@ -53,6 +53,7 @@ def test_registered_with_fairseq_flags_and_defaults(labo):
 @pytest.mark.parametrize("flag, value", [
     ("--label-smoothing", "1.0"), ("--label-smoothing", "-0.1"), ("--labo-tau", "0"),
     ("--labo-tau", "nan"), ("--labo-chunk-size", "0"), ("--smoothing-stop-update", "-1"),
+    ("--labo-workspace-mb", "0"),
 ])
 def test_invalid_flag_fails_at_start_up_naming_the_flag(toy_data_bin, flag, value):
     with pytest.raises(ValueError, match=flag):
@@ -262,3 +263,29 @@ def test_compute_loss_has_fairseqs_signature_for_subclasses(labo):
     features = model(**sample["net_input"], features_only=True)
     features[1]["labo_features_only"] = True
     assert [t.item() for t in criterion.compute_accuracy(model, features, sample)] == [n_correct.item(), total.item()]
+
+
+@pytest.mark.parametrize("smoothing, accuracy", [("0.1", False), ("0.1", True), ("0", False), ("0", True)])
+def test_statistics_cost_only_what_is_logged(toy_data_bin, monkeypatch, smoothing, accuracy):
+    """q's entropy is computed while smoothing, the argmax only with --report-accuracy; the
+    workspace flag reaches the fused op."""
+    seen = []
+    real = api.labo_linear_cross_entropy
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    import labo_fairseq.criterions.label_smoothed_labo as criterion_module
+    monkeypatch.setattr(criterion_module, "labo_linear_cross_entropy", spy)
+    flags = ["--criterion", "label_smoothed_labo", "--label-smoothing", smoothing, "--labo-workspace-mb", "3"]
+    task, model, criterion = build(toy_data_bin, *flags, *(["--report-accuracy"] if accuracy else []))
+    _, _, log = criterion(model, batches(task, n=1)[0])
+    assert seen[0]["return_stats"] == (smoothing != "0" or accuracy)
+    assert seen[0]["count_correct"] == accuracy and seen[0]["workspace_bytes"] == 3 << 20
+    assert ("q_entropy" in log) == (smoothing != "0")
+    assert ("n_correct" in log) == accuracy
+    if accuracy:
+        n_correct, total = criterion.compute_accuracy(model, model(**batches(task, n=1)[0]["net_input"]),
+                                                      batches(task, n=1)[0])
+        assert (log["n_correct"], log["total"]) == (n_correct.item(), total.item())
