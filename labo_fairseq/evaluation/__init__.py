@@ -9,4 +9,5 @@ Modules (each has a command-line entry point where one is useful):
   of subwords for `fairseq-generate`.
 - `longtail`: word/token accuracy bucketed by training-set frequency (compare-mt's analysis).
 - `report`: groups evaluated runs by method and seed and writes REPORT.md / REPORT.html.
+- `leftovers`: removes the temporary files of an evaluation or report that was killed.
 """

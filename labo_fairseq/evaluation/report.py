@@ -9,8 +9,12 @@ seed of both groups (see `significance`); verdicts are counted over the test set
 
 Writes, into `out_dir` (built in a temporary directory beside it and swapped in at the end, so a
 failure leaves the previous report whole): REPORT.md, REPORT.html (images embedded),
-report.json (the headline `build_report` returns), longtail.png, curves.png and, for a τ/α
-sweep, sweep.png.
+report.json (the headline `build_report` returns), longtail.png, curves.png, for a τ/α sweep
+sweep.png, and .labo-report (the names of these files). `out_dir` is the report's own: a new or
+empty directory, or a previous report's (all its files named in its .labo-report), which is
+replaced; a directory holding anything else (run directories, a user's files), the current
+directory and a run directory are refused before anything is written. Only the previous
+report's files are removed.
 """
 import argparse
 import base64
@@ -31,6 +35,7 @@ from labo_fairseq.cli.errors import run_command
 from labo_fairseq.evaluation import significance
 from labo_fairseq.cli.arguments import int_at_least, output_dir
 from labo_fairseq.evaluation.errors import EvaluationError
+from labo_fairseq.evaluation.leftovers import remove_stale
 from labo_fairseq.evaluation.longtail import bucket_label
 from labo_fairseq.evaluation.runs import Run, load_run
 from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic
@@ -41,6 +46,9 @@ SIGNIFICANCE_METRICS = (("sacrebleu", "sacreBLEU"), ("chrf", "chrF"))
 DEFAULT_RARE_BELOW = 10
 DEFAULT_EXAMPLES = 5
 DASH = "–"
+MANIFEST = ".labo-report"   # in every report directory: {"written_by": "labo-report", "files": [names]}
+# what a report written before manifests held; with report.json among them, such a directory is a report's
+UNLISTED_REPORT_FILES = ("REPORT.md", "REPORT.html", "report.json", "longtail.png", "curves.png", "sweep.png")
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -176,7 +184,7 @@ def _significance(group: dict, base: dict, subset: str, n_samples: int) -> dict:
 def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] = None, baseline: Optional[str] = None,
                  rare_below: int = DEFAULT_RARE_BELOW, bootstrap_samples: int = significance.DEFAULT_SAMPLES,
                  failed: Optional[Dict[str, str]] = None, examples: int = DEFAULT_EXAMPLES,
-                 subset: Optional[str] = None) -> dict:
+                 subset: Optional[str] = None, prog: str = "labo-report") -> dict:
     """Writes the report into `out_dir` and returns its headline (also saved as report.json):
 
         {"subsets": [...], "subset": subsets[0], "baseline": label | None, "level": "word" | "token",
@@ -199,6 +207,9 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
     """
     from labo_fairseq.evaluation.plots import figure_info, plot_longtail, plot_sweep, plot_training_curves
 
+    out_dir = Path(out_dir)
+    target = out_dir.resolve()
+    check_out_dir(out_dir, run_dirs)
     if subsets is None:
         subsets = [subset or "test"]
     subsets = list(subsets)
@@ -245,11 +256,11 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
                                   "significance")})
         methods.append(entry)
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(f"report directory {out_dir} exists and is not a directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed report left beside out_dir: its staging directory; a previous report moved aside
+    remove_stale(target.parent, rf"\.{re.escape(target.name)}\.tmp-(?P<pid>\d+)-.*", prog)
+    remove_stale(target.parent, rf"\.{re.escape(target.name)}\.old-(?P<pid>\d+)-.*", prog, _remove_report)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)   # mkdtemp's 0700 would make the report private
@@ -278,18 +289,75 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
         write_text_atomic(staging / "REPORT.md", _render_markdown(sections))
         write_text_atomic(staging / "REPORT.html", _render_html(sections, staging))
         write_json_atomic(staging / "report.json", headline)
-        _swap_in(staging, out_dir)
+        write_json_atomic(staging / MANIFEST, {"written_by": "labo-report",
+                                               "files": sorted(p.name for p in staging.iterdir())})
+        check_out_dir(out_dir, run_dirs)   # still the report's own after the minutes it took
+        _swap_in(staging, target, prog)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return headline
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replaces out_dir by the finished staging directory; the old one is moved aside and removed
-    only after, or put back when the new one cannot be moved in."""
+def _report_files(directory: Path) -> set:
+    """The names of the files a previous report wrote in `directory`: those its manifest lists, or,
+    without a manifest, the report's file names when report.json is one of them; empty when the
+    directory is no report's."""
+    files = {p.name for p in directory.iterdir() if p.is_file() and not p.is_symlink()}
+    try:
+        listed = json.loads((directory / MANIFEST).read_text(encoding="utf-8")).get("files")
+        if isinstance(listed, list) and all(isinstance(name, str) for name in listed):
+            return {MANIFEST, *listed} & files
+        return set()
+    except FileNotFoundError:
+        return set(UNLISTED_REPORT_FILES) & files if "report.json" in files else set()
+    except (OSError, ValueError, AttributeError):   # unreadable, not JSON, not an object
+        return set()
+
+
+def _remove_report(directory: Path) -> bool:
+    """Removes a previous report's files from `directory`, and the directory when that empties it
+    (returns whether it did)."""
+    for name in _report_files(directory):
+        (directory / name).unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def check_out_dir(out_dir, run_dirs: Sequence = ()) -> None:
+    """Refuses, naming the directory, a report directory that is not the report's own: the current
+    directory or one holding it, a run directory or one holding one, a file, or a directory holding
+    anything but a previous report's files."""
+    out_dir = Path(out_dir)
+    target, cwd = out_dir.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise EvaluationError(f"report directory {out_dir} is the current directory or holds it; give the report a "
+                              f"directory of its own (e.g. --out report)")
+    for run_dir in run_dirs:
+        run = Path(run_dir).resolve()
+        if target == run or target in run.parents:
+            raise EvaluationError(f"report directory {out_dir} is or holds run directory {run_dir}; give the "
+                                  f"report a directory of its own")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise EvaluationError(f"report directory {out_dir} exists and is not a directory")
+    foreign = sorted(set(os.listdir(target)) - _report_files(target))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise EvaluationError(f"report directory {out_dir} holds files the report did not write ({shown}); give "
+                              f"a new or empty directory, or a previous report's")
+
+
+def _swap_in(staging: Path, out_dir: Path, prog: str) -> None:
+    """Replaces out_dir (new, empty, or a previous report) by the finished staging directory; the
+    old one is moved aside and only its report files removed after, or put back when the new one
+    cannot be moved in."""
     aside = None
     if out_dir.exists():
-        aside = out_dir.with_name(f".{out_dir.name}.old-{staging.name}")
+        aside = out_dir.with_name(f".{out_dir.name}.old-{staging.name[len(f'.{out_dir.name}.tmp-'):]}")
         out_dir.rename(aside)
     try:
         staging.rename(out_dir)
@@ -297,8 +365,9 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         if aside is not None:
             aside.rename(out_dir)
         raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    if aside is not None and not _remove_report(aside):
+        print(f"{prog}: kept {aside} (the previous {out_dir.name}): it holds files the report did not write",
+              file=sys.stderr)
 
 
 def _check_same_buckets(runs: Sequence[Run], subset: str) -> None:
@@ -673,8 +742,8 @@ def main(argv=None, prog="report.py"):
                     "long-tail tables, plots. Run directories holding a FAILED file are listed as failed.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, type=output_dir,
-                        help="report directory (REPORT.md, REPORT.html, PNGs), replaced as a whole when the "
-                             "report is complete")
+                        help="report directory (REPORT.md, REPORT.html, PNGs): a new or empty one, or a "
+                             "previous report's, which is replaced as a whole when the report is complete")
     parser.add_argument("--subset", action="append", dest="subsets", metavar="NAME",
                         help="evaluated subset to report; repeat for several (default: test)")
     parser.add_argument("--baseline", help="label of the baseline group (default: the group(s) with method 'ls')")
@@ -694,7 +763,7 @@ def main(argv=None, prog="report.py"):
             raise EvaluationError(f"--failed expects NAME=REASON, got {item!r}")
         failed[name] = reason
     headline = build_report(args.run_dirs, args.out, args.subsets or ["test"], args.baseline, args.rare_below,
-                            args.bootstrap_samples, failed, args.examples)
+                            args.bootstrap_samples, failed, args.examples, prog=prog)
     print(format_headline(headline))
     print(f"report: {headline['files']['markdown']} and {headline['files']['html']}")
 

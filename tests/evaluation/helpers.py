@@ -11,3 +11,12 @@ def assert_one_line_error(proc, prog, *needles, status=2):
     for needle in needles:
         assert str(needle) in errors[0], (needle, errors[0])
     return errors[0]
+
+
+def dead_pid() -> int:
+    """The id of a process that has finished (and been reaped): what a killed command leaves in
+    the names of its temporary files."""
+    import subprocess
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

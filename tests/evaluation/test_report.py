@@ -14,7 +14,7 @@ from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.plots import figure_info
 from labo_fairseq.evaluation.report import build_report, format_headline, merged_f1
 from labo_fairseq.evaluation.training_log import parse_train_lines, parse_valid_lines
-from tests.evaluation.helpers import assert_one_line_error
+from tests.evaluation.helpers import assert_one_line_error, dead_pid
 from tests.toy import REPO_ROOT, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -426,11 +426,104 @@ def test_non_utf8_inputs_are_one_line_errors(fake_runs, tmp_path):
 def test_rebuilt_report_replaces_the_old_one_whole(fake_runs, tmp_path):
     out = tmp_path / "report"
     build_report([fake_runs[0], fake_runs[2]], out, bootstrap_samples=10)
-    (out / "stale.txt").write_text("from another report\n")
+    assert (out / "sweep.png").exists() is False and json.loads((out / ".labo-report").read_text())["files"] == [
+        "REPORT.html", "REPORT.md", "curves.png", "longtail.png", "report.json"]
+    old_md = (out / "REPORT.md").read_text()
     build_report([fake_runs[0]], out)
-    assert sorted(p.name for p in out.iterdir()) == ["REPORT.html", "REPORT.md", "curves.png", "longtail.png",
-                                                     "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".labo-report", "REPORT.html", "REPORT.md", "curves.png",
+                                                     "longtail.png", "report.json"]
+    assert (out / "REPORT.md").read_text() != old_md
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask   # not the private mode of a temporary directory
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def experiment_dir(fake_runs, tmp_path):
+    """An experiment directory as a user has it: two run directories and notes of their own."""
+    exp = tmp_path / "exp"
+    runs = [exp / "ls-s1", exp / "labo-s1"]
+    shutil.copytree(fake_runs[2], runs[0])
+    shutil.copytree(fake_runs[0], runs[1])
+    (exp / "NOTES.txt").write_text("keep me\n")
+    return exp, runs
+
+
+def test_out_holding_runs_or_other_files_is_refused_and_left_whole(experiment_dir):
+    # before: `--out EXP` removed the run directories and NOTES.txt, exit status 0
+    exp, runs = experiment_dir
+    before = _tree(exp)
+    proc = run_cli([*REPORT, *runs, "--out", exp, "--bootstrap-samples", "10"], check=False)
+    assert_one_line_error(proc, "report.py", f"report directory {exp} is or holds run directory {runs[0]}")
+    for out, message in ((runs[0], "is or holds run directory"),
+                         (runs[0] / "eval", r"holds files the report did not write \(test\)")):
+        with pytest.raises(EvaluationError, match=message) as refused:
+            build_report(runs, out, bootstrap_samples=10)
+        assert str(out) in str(refused.value)
+    notes = exp / "notes"
+    notes.mkdir()
+    (notes / "NOTES.txt").write_text("mine\n")
+    (notes / "REPORT.md").write_text("my own report\n")   # a report's file name, but no report's directory
+    with pytest.raises(EvaluationError, match=r"holds files the report did not write \(NOTES.txt, REPORT.md\)"):
+        build_report(runs, notes, bootstrap_samples=10)
+    assert _tree(exp) == {**before, "notes": None, "notes/NOTES.txt": b"mine\n",
+                          "notes/REPORT.md": b"my own report\n"}
+
+
+def test_a_file_added_to_a_report_directory_is_refused_and_kept(experiment_dir):
+    exp, runs = experiment_dir
+    out = exp / "report"
+    build_report(runs, out, bootstrap_samples=10)
+    (out / "mine.txt").write_text("mine\n")
+    before = _tree(out)
+    proc = run_cli([*REPORT, *runs, "--out", out, "--bootstrap-samples", "10"], check=False)
+    assert_one_line_error(proc, "report.py", f"report directory {out} holds files the report did not write "
+                                             f"(mine.txt)")
+    assert _tree(out) == before
+
+
+def test_out_dot_is_a_one_line_error(experiment_dir, tmp_path):
+    # before: a traceback (PosixPath('.') has an empty name)
+    exp, runs = experiment_dir
+    for cwd in (exp, tmp_path / "empty"):
+        cwd.mkdir(exist_ok=True)
+        before = _tree(cwd)
+        proc = run_cli([*REPORT, *runs, "--out", ".", "--bootstrap-samples", "10"], cwd=cwd, check=False)
+        assert_one_line_error(proc, "report.py", "report directory . is the current directory")
+        assert _tree(cwd) == before
+
+
+def test_report_from_before_manifests_is_replaced(fake_runs, tmp_path):
+    out = tmp_path / "report"
+    build_report([fake_runs[0]], out)
+    (out / ".labo-report").unlink()   # what an earlier version of the report left
+    build_report([fake_runs[0], fake_runs[2]], out, bootstrap_samples=10)
+    assert (out / ".labo-report").is_file() and "LS" in (out / "REPORT.md").read_text()
+
+
+def test_staging_of_a_killed_report_is_removed_a_running_ones_kept(fake_runs, tmp_path, capsys):
+    # before: a SIGKILLed report's .report.tmp-* stayed beside the report for good
+    dead, live = dead_pid(), os.getpid()
+    stale = tmp_path / f".report.tmp-{dead}-x1y2"
+    running = tmp_path / f".report.tmp-{live}-a3b4"
+    for folder in (stale, running):
+        folder.mkdir()
+        (folder / "longtail.png").write_bytes(PNG_MAGIC)
+    (tmp_path / ".report.tmp-old").mkdir()   # no process id: whose it is cannot be told, kept
+    previous = tmp_path / f".report.old-{dead}-c5d6"   # a previous report moved aside, killed before removing it
+    build_report([fake_runs[0]], previous)
+    mixed = tmp_path / f".report.old-{dead}-e7f8"   # ... and one that holds a file of the user's too
+    build_report([fake_runs[0]], mixed)
+    (mixed / "mine.txt").write_text("mine\n")
+    capsys.readouterr()
+    build_report([fake_runs[0]], tmp_path / "report", prog="labo-report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mixed.name, running.name, ".report.tmp-old", "report"]
+    assert [p.name for p in mixed.iterdir()] == ["mine.txt"]   # only the report's files went
+    assert capsys.readouterr().err.splitlines() == [
+        f"labo-report: removed {stale}, left by process {dead}, which no longer runs",
+        f"labo-report: removed {previous}, left by process {dead}, which no longer runs"]
