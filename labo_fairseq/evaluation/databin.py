@@ -83,6 +83,9 @@ def inspect_data_bin(data_bin, subset: str = "test", post_process: Optional[str]
     Explicit arguments win over prepare.json, which wins over what the file names say.
     """
     data_bin = Path(data_bin)
+    if data_bin.exists() and not data_bin.is_dir():
+        raise EvaluationError(f"data-bin {data_bin} is a file, not a directory; give the directory "
+                              f"fairseq-preprocess wrote")
     if not data_bin.is_dir():
         raise EvaluationError(f"data-bin directory {data_bin} does not exist")
     prepare = read_prepare_json(data_bin) or {}

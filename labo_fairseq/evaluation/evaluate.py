@@ -11,14 +11,17 @@ it; sacreBLEU, chrF and TER of the Moses-detokenized output against the raw refe
   ref.detok.txt  the detokenized binarised reference (sacreBLEU's fallback without a raw reference)
   scores.json    {"bleu": ..., "sacrebleu": ..., "chrf": ..., "ter": ..., "reference": ..., ...}
                  written last
-Every file is written aside and renamed. All results of an earlier evaluation in OUT_DIR
-(these files and longtail.json) are removed before translating, so a failed evaluation leaves
-none that look current. CHECKPOINT is checked to be a torch.save file before fairseq-generate
-starts; --beam and --batch-size must be at least 1.
+Every file is written aside (.NAME.part-PID) and renamed. All results of an earlier evaluation
+in OUT_DIR (these files and longtail.json) are removed before translating, so a failed evaluation
+leaves none that look current; so are the temporary files of an evaluation that was killed (their
+process no longer runs). Before fairseq-generate starts, CHECKPOINT is checked to be a torch.save
+file and the raw reference to be a readable text file with a line per sentence of the split;
+--beam and --batch-size must be at least 1. A checkpoint that torch's weights-only loader refuses,
+or whose weights do not fit the data-bin (another vocabulary), is reported in one line.
 
 With --ivon-samples K (a checkpoint trained with --optimizer ivon), K models drawn from the
 posterior stored in the checkpoint translate together, fairseq's ensemble averaging their token
-probabilities (IVON's posterior predictive); they live in OUT_DIR/.ivon-samples-* while
+probabilities (IVON's posterior predictive); they live in OUT_DIR/.ivon-samples-PID-* while
 fairseq-generate runs. scores.json records ivon_samples and ivon_seed.
 
 Arguments after `--` go to fairseq-generate unchanged. `--user-dir` is always this package's
@@ -28,7 +31,7 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import shutil
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,10 +41,12 @@ from typing import Optional, Sequence
 
 from labo_fairseq.cli.arguments import finite_float, int_at_least, output_dir, positive_int
 from labo_fairseq.evaluation import score
-from labo_fairseq.evaluation.databin import inspect_data_bin, sentence_count
-from labo_fairseq.evaluation.errors import EvaluationError
+from labo_fairseq.evaluation.databin import inspect_data_bin, reference_for, sentence_count
+from labo_fairseq.evaluation.errors import EvaluationError, checkpoint_load_error
+from labo_fairseq.evaluation.leftovers import remove_stale
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, POST_PROCESS_MODES
 from labo_fairseq.procs import child_command
+from labo_fairseq.textfiles import read_lines
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # --subwords takes data preparation's names; --post-process (the older spelling) also fairseq's
@@ -53,6 +58,9 @@ IVON_SAMPLES_PREFIX = ".ivon-samples-"
 # what an earlier evaluation left in OUT_DIR; removed before translating, so that a failed
 # evaluation never leaves results that look current
 RESULT_FILES = (*score.TEXT_FILES, score.SCORES_FILE, "longtail.json", GENERATE_OUT)
+# the temporary files of an evaluation: .NAME.part-PID of each result, .ivon-samples-PID-* (the
+# posterior samples); removed by the next evaluation when process PID no longer runs
+TEMPORARY_PATTERN = rf"\.(?:(?:{'|'.join(map(re.escape, RESULT_FILES))})\.part|ivon-samples)-(?P<pid>\d+)(?:-.*)?"
 # torch.save's legacy (non-zip) format starts with the pickled magic number
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
@@ -92,15 +100,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def model_paths(args, out_dir: Path):
     """fairseq-generate's --path: the checkpoint, or K posterior samples of it (--ivon-samples),
-    written into OUT_DIR/.ivon-samples-* for the time of the translation."""
-    for stale in out_dir.glob(f"{IVON_SAMPLES_PREFIX}*"):  # left by a killed evaluation
-        shutil.rmtree(stale, ignore_errors=True)
+    written into OUT_DIR/.ivon-samples-PID-* for the time of the translation."""
     if not args.ivon_samples:
         yield str(args.checkpoint)
         return
     from labo_fairseq.optim.ivon_posterior import sample_checkpoints
 
-    with tempfile.TemporaryDirectory(prefix=IVON_SAMPLES_PREFIX, dir=out_dir) as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{IVON_SAMPLES_PREFIX}{os.getpid()}-", dir=out_dir) as folder:
         paths = sample_checkpoints(args.checkpoint, args.data_bin, args.ivon_samples, args.ivon_seed, folder)
         yield ":".join(map(str, paths))
 
@@ -137,6 +143,19 @@ def check_checkpoint(path: Path) -> None:
                               f"(not a file torch.save writes: {error})") from None
     if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
         raise EvaluationError(f"checkpoint {path} is a zip archive but not a PyTorch checkpoint (no data.pkl in it)")
+
+
+def check_raw_reference(args, total: Optional[int]) -> None:
+    """The raw reference sacreBLEU will score against (--raw-ref, else the one prepare.json names)
+    is read before translating: a missing, unreadable or empty file, or one with another number of
+    lines than the split has sentences, is refused before fairseq-generate runs."""
+    path = args.raw_ref or reference_for(args.data_bin, args.subset).raw_path
+    if path is None:
+        return
+    lines = read_lines(path, "raw reference", allow_empty=False)
+    if total is not None and len(lines) != total:
+        raise EvaluationError(f"raw reference {path} has {len(lines)} lines but split '{args.subset}' of data-bin "
+                              f"{args.data_bin} has {total} sentences; it is not this split's")
 
 
 def failure_summary(log: Path, limit: int = 300) -> str:
@@ -206,15 +225,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
     post_process = None if args.subwords is None else POST_PROCESS_FOR_SUBWORDS.get(args.subwords, args.subwords)
     info = inspect_data_bin(args.data_bin, args.subset, post_process, args.source_lang, args.target_lang)
     require_fairseq()
+    total = sentence_count(args.data_bin, args.subset, info.source_lang, info.target_lang)
+    check_raw_reference(args, total)
     out_dir = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir, TEMPORARY_PATTERN, prog)
     keep = None if args.raw_ref is None else Path(args.raw_ref).resolve()
     for stale in RESULT_FILES:
         if (out_dir / stale).resolve() != keep:
             (out_dir / stale).unlink(missing_ok=True)
     print(f"{prog}: translating {args.data_bin} [{args.subset}, {info.source_lang}-{info.target_lang}, "
           f"post-process {info.post_process}] with {args.checkpoint}", file=sys.stderr, flush=True)
-    total = sentence_count(args.data_bin, args.subset, info.source_lang, info.target_lang)
     with model_paths(args, out_dir) as paths:
         command = [sys.executable, "-m", "fairseq_cli.generate", str(args.data_bin), "--path", paths,
                    "--user-dir", str(PACKAGE_DIR), "--gen-subset", args.subset,
@@ -224,6 +245,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
         status = run_generate(command, out_dir, total)
     if status != 0:
         log = out_dir / GENERATE_LOG
+        known = checkpoint_load_error(args.checkpoint, args.data_bin, log.read_text(encoding="utf-8", errors="replace"))
+        if known is not None:   # a refused pickle, another vocabulary: one line says which
+            raise EvaluationError(f"{known} (full log: {log})")
         raise EvaluationError(f"fairseq-generate failed (exit status {status}): {failure_summary(log)} "
                               f"(full log: {log})")
     score_args = ["--generate-out", str(out_dir / GENERATE_OUT), "--out-dir", str(out_dir),

@@ -7,12 +7,14 @@ given all of them (`--path a.pt:b.pt:...`) averages their token probabilities at
 posterior predictive, where the checkpoint alone predicts with the mean. `labo-evaluate
 --ivon-samples K` does both.
 """
+import pickle
 from pathlib import Path
 from typing import List, Sequence
 
 import torch
 
 from labo_fairseq.cli.errors import UserError
+from labo_fairseq.evaluation.errors import checkpoint_load_error
 
 
 def posterior_sigma(optimizer_state, checkpoint) -> torch.Tensor:
@@ -41,10 +43,16 @@ def sample_checkpoints(checkpoint, data_bin, samples: int, seed: int, out_dir) -
 
     if samples < 1:
         raise UserError(f"--ivon-samples must be >= 1, got {samples}")
-    state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
-    sigma = posterior_sigma(state.get("last_optimizer_state"), checkpoint)
-    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data_bin)}, state=state)
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))
+        sigma = posterior_sigma(state.get("last_optimizer_state"), checkpoint)
+        models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides={"data": str(data_bin)}, state=state)
+    except (pickle.UnpicklingError, RuntimeError) as error:   # a refused pickle; another vocabulary
+        message = checkpoint_load_error(checkpoint, data_bin, str(error))
+        if message is None:
+            raise
+        raise UserError(message) from None
     params = _trained_parameters(models[0])
     n_weights = sum(p.numel() for p in params)
     if n_weights != sigma.numel():

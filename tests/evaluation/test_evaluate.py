@@ -1,11 +1,12 @@
 """labo_fairseq.evaluation.evaluate without fairseq-generate: argument checks, the checkpoint
-check and the one-line summary of a failed fairseq-generate."""
+check and the one-line summary of a failed fairseq-generate or checkpoint load."""
+import datetime
 import zipfile
 
 import pytest
 import torch
 
-from labo_fairseq.evaluation.errors import EvaluationError
+from labo_fairseq.evaluation.errors import EvaluationError, checkpoint_load_error
 from labo_fairseq.evaluation.evaluate import build_parser, check_checkpoint, failure_summary
 
 
@@ -80,3 +81,28 @@ def test_parser_refuses_an_out_dir_that_is_a_file(tmp_path, capsys):
         build_parser("labo-evaluate").parse_args(["d", "c", str(existing)])
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"labo-evaluate: error: argument OUT_DIR: {existing} exists and is not a directory")
+
+
+def _load_error(load) -> str:
+    try:
+        load()
+    except Exception as error:   # what torch raises, whatever its words
+        return str(error)
+    raise AssertionError("no error")
+
+
+def test_checkpoint_load_errors_are_one_line_naming_the_cause(tmp_path):
+    torch.save({"when": datetime.date(2020, 1, 1)}, tmp_path / "dated.pt")   # a global torch does not allow
+    text = _load_error(lambda: torch.load(tmp_path / "dated.pt", weights_only=True))
+    line = checkpoint_load_error("dated.pt", "bin", text)
+    assert line == "checkpoint dated.pt is refused, nothing of it was run: its pickle refers to datetime.date, " \
+                   "which a checkpoint of tensors never needs"
+    text = _load_error(lambda: torch.nn.Linear(2, 3).load_state_dict(torch.nn.Linear(2, 4).state_dict()))
+    assert checkpoint_load_error("c.pt", "bin", text) == (
+        "checkpoint c.pt does not fit the model built for data-bin bin: weight is [4, 2] in the checkpoint, "
+        "[3, 2] in the model (and 1 more parameters)")
+    text = _load_error(lambda: torch.nn.Linear(2, 3).load_state_dict({}))
+    line = checkpoint_load_error("c.pt", "bin", text)
+    assert line.startswith("checkpoint c.pt does not fit the model built for data-bin bin: Missing key(s) in "
+                           "state_dict: ") and "\n" not in line and "weight" in line
+    assert checkpoint_load_error("c.pt", "bin", "KeyError: 'model'") is None

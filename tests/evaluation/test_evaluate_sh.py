@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from labo_fairseq.evaluation.evaluate import RESULT_FILES
-from tests.evaluation.helpers import assert_one_line_error
+from tests.evaluation.helpers import assert_one_line_error, dead_pid
 from tests.toy import REPO_ROOT, run_cli
 
 EVALUATE = REPO_ROOT / "scripts" / "evaluate.sh"
@@ -198,3 +198,89 @@ def test_raw_reference_of_another_split_is_refused(toy_raw_evaluation, toy_ls_ch
                    check=False)
     _assert_one_line_error(proc, short, "1 lines", "40 sentences")
     assert not (tmp_path / "out" / "scores.json").exists()
+
+
+def test_temporary_files_of_a_killed_evaluation_are_removed_a_running_ones_kept(toy_data_bin, toy_ls_checkpoint,
+                                                                                 tmp_path):
+    # before: a SIGKILLed evaluation's .generate.out.part-PID stayed in OUT_DIR through every re-run
+    out = tmp_path / "out"
+    out.mkdir()
+    dead, live = dead_pid(), os.getpid()
+    stale = [out / f".generate.out.part-{dead}", out / f".scores.json.part-{dead}",
+             out / f".ivon-samples-{dead}-k3"]
+    kept = [out / f".generate.out.part-{live}", out / ".ivon-samples-x7", out / "notes.txt"]
+    for path in stale + kept:
+        if "ivon" in path.name:
+            path.mkdir()
+            (path / "ivon-sample1.pt").write_bytes(b"partial")
+        else:
+            path.write_text("partial\n")
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint, out, "--cpu", "--batch-size", "16"])
+    removed = [line for line in proc.stderr.splitlines() if "no longer runs" in line]
+    assert removed == [f"{PROG}: removed {path}, left by process {dead}, which no longer runs"
+                       for path in sorted(stale)]
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
+    assert json.loads((out / "scores.json").read_text())["num_sentences"] == 40
+
+
+@pytest.fixture(scope="module")
+def pickle_payload_checkpoint(tmp_path_factory):
+    """A torch file whose pickle calls os.system when unpickled unsafely (it would create `marker`)."""
+    root = tmp_path_factory.mktemp("payload")
+    marker = root / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": Payload()}, root / "payload.pt")
+    return root / "payload.pt", marker
+
+
+@pytest.mark.parametrize("flags", [[], ["--ivon-samples", "2"]])
+def test_pickle_payload_checkpoint_is_refused_in_one_line(toy_data_bin, pickle_payload_checkpoint, tmp_path, flags):
+    # before: fairseq-generate's message cut before the global, advising weights_only=False; with
+    # --ivon-samples a traceback (UnpicklingError)
+    checkpoint, marker = pickle_payload_checkpoint
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, checkpoint, tmp_path / "out", "--cpu", *flags], check=False)
+    line = assert_one_line_error(proc, PROG, f"checkpoint {checkpoint} is refused",
+                                 f"refers to {os.system.__module__}.system")
+    assert "weights_only" not in line
+    assert not marker.exists()   # never run
+
+
+def test_checkpoint_of_another_vocabulary_names_both_sizes(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    # before: "RuntimeError: Error(s) in loading state_dict for TransformerModel:" and nothing else
+    data_bin = tmp_path / "data-bin"
+    shutil.copytree(toy_data_bin, data_bin)
+    for name in ("dict.src.txt", "dict.tgt.txt"):
+        with open(data_bin / name, "a") as handle:
+            handle.write("".join(f"extra{i} 1\n" for i in range(24)))
+    trained = torch.load(toy_ls_checkpoint, weights_only=False)["model"]["encoder.embed_tokens.weight"].shape
+    proc = run_cli(["bash", EVALUATE, data_bin, toy_ls_checkpoint, tmp_path / "out", "--cpu"], check=False)
+    assert_one_line_error(proc, PROG, toy_ls_checkpoint, "encoder.embed_tokens.weight",
+                          f"embedding size {trained[0] + 24} in the data-bin's source dictionary, "
+                          f"{trained[0]} in the checkpoint")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.write_text("One line.\n"), "has 1 lines but split 'test' of data-bin"),
+    (lambda path: None, "does not exist"),
+    (lambda path: path.mkdir(), "is a directory"),
+    (lambda path: path.write_bytes(b"ok\n\xff\n"), "line 2 is not valid UTF-8"),
+])
+def test_raw_reference_is_checked_before_translating(toy_data_bin, toy_ls_checkpoint, tmp_path, make, message):
+    # before: these errors came after fairseq-generate had translated the whole split
+    raw = tmp_path / "raw.txt"
+    make(raw)
+    proc = run_cli(["bash", EVALUATE, toy_data_bin, toy_ls_checkpoint, tmp_path / "out", "--cpu", "--raw-ref", raw],
+                   check=False)
+    line = assert_one_line_error(proc, PROG, f"raw reference {raw}", message)
+    assert proc.stderr.strip().splitlines() == [line]   # no "translating ..." line
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_bin_that_is_a_file_is_named_as_such(toy_data_bin, toy_ls_checkpoint, tmp_path):
+    # before: "data-bin directory .../dict.src.txt does not exist"
+    proc = run_cli(["bash", EVALUATE, toy_data_bin / "dict.src.txt", toy_ls_checkpoint, tmp_path / "out"], check=False)
+    assert_one_line_error(proc, PROG, f"data-bin {toy_data_bin / 'dict.src.txt'} is a file, not a directory")

@@ -1,9 +1,12 @@
 """labo_fairseq.optim.ivon_posterior: weight samples from a checkpoint's IVON posterior."""
+import os
+
 import pytest
 import torch
 
 from labo_fairseq.cli.errors import UserError
 from labo_fairseq.optim.ivon_posterior import posterior_sigma, sample_checkpoints
+from tests.evaluation.helpers import dead_pid
 from tests.optim.test_train_cli import USER_DIR, ivon_train
 from tests.toy import run_cli
 
@@ -63,6 +66,25 @@ def test_samples_are_mean_plus_sigma_noise_reproducible_and_translate(ivon_check
     assert sum(line.startswith("H-") for line in gen.stdout.splitlines()) == 40
 
 
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_payload_is_refused_unrun_naming_the_global(toy_data_bin, tmp_path):
+    # before: UnpicklingError, its message advising weights_only=False
+    torch.save({"model": _Payload(tmp_path / "ran")}, tmp_path / "payload.pt")
+    with pytest.raises(UserError) as refused:
+        sample_checkpoints(tmp_path / "payload.pt", toy_data_bin, 2, seed=1, out_dir=tmp_path / "samples")
+    assert str(refused.value) == (f"checkpoint {tmp_path / 'payload.pt'} is refused, nothing of it was run: its "
+                                  f"pickle refers to {os.system.__module__}.system, which a checkpoint of tensors "
+                                  f"never needs")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "samples").exists()
+
+
 def test_a_checkpoint_trained_with_adam_is_refused(toy_ls_checkpoint, toy_data_bin, tmp_path):
     with pytest.raises(UserError, match="holds no IVON posterior"):
         sample_checkpoints(toy_ls_checkpoint, toy_data_bin, 2, seed=1, out_dir=tmp_path)
@@ -73,7 +95,7 @@ def test_labo_evaluate_translates_with_posterior_samples(ivon_checkpoint, toy_da
     import json
 
     out = tmp_path / "eval"
-    (out / ".ivon-samples-killed").mkdir(parents=True)  # left by a killed evaluation
+    (out / f".ivon-samples-{dead_pid()}-k1").mkdir(parents=True)  # left by a killed evaluation
     run_cli(["labo-evaluate", toy_data_bin, ivon_checkpoint, out, "--cpu", "--beam", "2", "--ivon-samples", "2"])
     scores = json.loads((out / "scores.json").read_text())
     assert scores["ivon_samples"] == 2 and scores["ivon_seed"] == 1 and scores["num_sentences"] == 40
