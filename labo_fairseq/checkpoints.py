@@ -27,6 +27,9 @@ def average_checkpoints(paths: Sequence, out_path) -> Path:
         raise ValueError("no checkpoints to average")
     total = None
     for path in paths:
+        problem = checkpoint_utils.checkpoint_problem(str(path))
+        if problem is not None:
+            raise ValueError(f"cannot average {path}: {problem}")
         state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
         model = state["model"]
         if total is None:
@@ -45,7 +48,10 @@ def average_checkpoints(paths: Sequence, out_path) -> Path:
 
 def save_checkpoint_state(state: dict, out_path) -> Path:
     """Saves a state from fairseq's `load_checkpoint_to_cpu` as a checkpoint fairseq loads again,
-    written aside and renamed: no half-written checkpoint where evaluation would pick it up."""
+    with fairseq's own checkpoint writer: written aside, flushed to disk and renamed, so no
+    half-written checkpoint is left where evaluation would pick it up (on failure the error names
+    `out_path`, and a file already there is left as it was)."""
+    from fairseq import checkpoint_utils
     from omegaconf import OmegaConf
 
     # fairseq's loader hands back cfg as an OmegaConf object; store it as fairseq's trainer does
@@ -53,7 +59,5 @@ def save_checkpoint_state(state: dict, out_path) -> Path:
     if OmegaConf.is_config(state.get("cfg")):
         state = {**state, "cfg": OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)}
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out_path)
+    checkpoint_utils.torch_persistent_save(state, str(out_path))
     return out_path

@@ -66,6 +66,15 @@ class TranslationIvonTask(TranslationTask):
         self._ess_set = False
         self._last_noise = None
 
+    def check_training_config(self, cfg):
+        """The patched fairseq-train calls this before it builds the model or reads any data:
+        another optimizer would fail at the first update (see `_ivon`), and so would reduced
+        precision."""
+        name = getattr(cfg.optimizer, "_name", None) if cfg.optimizer is not None else None
+        if name != "ivon":
+            raise IvonFlagError(f"--task translation_ivon samples weights for --optimizer ivon, not --optimizer {name}")
+        refuse_reduced_precision(self.cfg, "--task translation_ivon")
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if split == self.cfg.train_subset and combine:
             # the trainer loads its training data this way (generation with --fp16 stays allowed),

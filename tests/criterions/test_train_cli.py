@@ -86,6 +86,8 @@ def test_two_process_gloo_data_parallel_matches_single_process(toy_data_bin, tmp
 def test_invalid_flag_is_one_line_through_fairseq_train(toy_data_bin, tmp_path, flag, value, message):
     with pytest.raises(AssertionError) as failed:
         train(toy_data_bin, tmp_path / "ckpt", [*LABO, flag, value], max_update=1)
+    # 2: refused before anything was produced (no save directory either)
+    assert " exited 2\n" in str(failed.value) and not (tmp_path / "ckpt").exists()
     stderr = str(failed.value).split("--- stderr ---", 1)[1]
     errors = [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert errors == [f"fairseq-train: error: {message}"]
@@ -99,7 +101,8 @@ def test_adaptive_softmax_is_refused_before_training_starts(toy_data_bin, tmp_pa
                     "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500", "--max-update", "2",
                     "--save-dir", str(tmp_path / "ckpt"), "--no-progress-bar", *LABO], check=False)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
-    assert proc.returncode == 1 and errors == [
+    assert proc.returncode == 2 and errors == [
         "fairseq-train: error: label_smoothed_labo does not support adaptive softmax (--adaptive-softmax-cutoff): "
         "LABO's smoothing needs log-probabilities over the whole vocabulary"], proc.stderr[-3000:]
     assert "begin training epoch" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "ckpt").exists()  # refused before the save directory was made

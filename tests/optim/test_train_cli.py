@@ -59,12 +59,29 @@ def _flag_error(proc):
     (["--fp16"], "--task translation_ivon trains in fp32 only: drop --fp16"),
     (["--task", "translation"], "--optimizer ivon needs its weight samples drawn around forward and backward: "
                                 "use --task translation_ivon"),
-    (["--optimizer", "adam"], "--task translation_ivon samples weights for --optimizer ivon, not FairseqAdam"),
+    (["--optimizer", "adam"], "--task translation_ivon samples weights for --optimizer ivon, not --optimizer adam"),
 ])
 def test_invalid_flags_are_one_line_errors(toy_data_bin, tmp_path, flags, message):
     proc = ivon_train(toy_data_bin, tmp_path / "ckpt", "--no-save", *flags, max_update=1, check=False)
-    assert proc.returncode != 0
-    assert _flag_error(proc) == [f"fairseq-train: error: {message}"]
+    # 2: refused, nothing produced
+    assert proc.returncode == 2 and _flag_error(proc) == [f"fairseq-train: error: {message}"], proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("no_save", [True, False])
+def test_another_optimizer_is_refused_before_the_data_is_read(toy_data_bin, tmp_path, no_save):
+    """--optimizer adam used to fail at the first update only, after reading the data, and to
+    leave checkpoints/crash.pt in the working directory even with --no-save."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    args = ["fairseq-train", toy_data_bin, "--cpu", *TINY_TRANSFORMER_ARGS, "--user-dir", USER_DIR,
+            "--task", "translation_ivon", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500",
+            "--max-update", "2", "--no-progress-bar", *(["--no-save"] if no_save else [])]
+    proc = run_cli(args, cwd=workdir, check=False)
+    assert proc.returncode == 2 and _flag_error(proc) == [
+        "fairseq-train: error: --task translation_ivon samples weights for --optimizer ivon, not --optimizer adam"
+    ], proc.stderr[-3000:]
+    assert "examples from" not in proc.stdout + proc.stderr  # fairseq's "loaded N examples from: ..."
+    assert list(workdir.iterdir()) == []  # no checkpoints/, no crash.pt
 
 
 @pytest.mark.parametrize("samples", ["1", "2"])
