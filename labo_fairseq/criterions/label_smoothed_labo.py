@@ -85,7 +85,7 @@ def report_flag_errors() -> None:
     def hook(kind, error, tb):
         if issubclass(kind, LaboFlagError):
             print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {error}", file=sys.stderr)
-            return
+            sys.exit(2)  # refused at start-up: nothing was produced
         previous(kind, error, tb)
 
     if getattr(previous, "_labo_flag_hook", False):
