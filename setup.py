@@ -58,7 +58,7 @@ setup(
         "gpu": ["triton>=3.0"],
         "eval": ["compare-mt>=0.2.10"],
         "ivon": ["ivon-opt>=0.1.3"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8"],
     },
     entry_points={
         "console_scripts": [

@@ -62,6 +62,7 @@ def test_bench_loss_tiny_cpu_rows_json_and_skipped_peers(tmp_path):
     (["--tokens", "8"], "--tokens and --vocab: give both"),
     (["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N"),
     (["--alpha", "1.5"], "--alpha: must be in [0, 1)"),
+    (["--tau", "1e-9"], "--tau: must be >= 0.0001 (inf allowed), got 1e-09"),
     (["--shapes", "cpu", "--tokens", "8", "--vocab", "16"], "--shapes: give either"),
     (["--device", "cuda", "--iters", "2"], "--iters: CPU only"),
     (["--json", "/"], "argument --json: / is a directory; give a file name"),
@@ -118,6 +119,9 @@ def test_bench_train_help_lists_the_gpu_options():
     (["--variants", "ls", "labo-fused-triton"], "--variants labo-fused-triton: the Triton kernels need --device cuda"),
     (["--variants", "labo-fused"], "--variants must include ls"),
     (["--out", "/"], "argument --out: / is a directory; give a file name"),
+    (["--vocab", "0"], "--vocab: every size must be >= 8"),
+    (["--dim", "7"], "--dim: must be a multiple of 4"),
+    (["--updates", "9", "--log-interval", "5"], "--updates: must be at least 2 x --log-interval (10)"),
 ])
 def test_bench_train_argument_errors_are_one_line(args, message):
     proc = run(BENCH_TRAIN, *args)

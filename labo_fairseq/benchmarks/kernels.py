@@ -12,6 +12,7 @@ the result is disassembled with the wheel's `cuobjdump`. Per configuration the t
                     loop that reads global memory, its instruction count divided by the
                     elements one thread handles per iteration (BLOCK_V / (32 * num_warps)),
                     summed over those loops (a row's stats pass, its gradient pass, ...)
+  mufu_per_element  the same for the MUFU (exp2, log2, reciprocal) instructions alone
 
 With liger-kernel installed, Liger's cross-entropy kernel is compiled the same way at the
 block size and warp count its launcher picks for the vocabulary (rows named `liger...`), as
@@ -65,6 +66,7 @@ class CompileReport:
     spill_bytes: int
     shared: int
     sass_per_element: float
+    mufu_per_element: float
     loops: List[Dict[str, object]]
     info: Dict[str, object]
 
@@ -145,7 +147,8 @@ def streaming_loops(instructions) -> List[Dict[str, object]]:
     for start, end in sorted(set(outer)):
         body = [opcode for address, opcode, _ in instructions if start <= address <= end]
         loops.append({"start": start, "end": end, "instructions": len(body),
-                      "global_loads": sum(op.startswith("LDG") for op in body)})
+                      "global_loads": sum(op.startswith("LDG") for op in body),
+                      "mufu": sum(op.startswith("MUFU") for op in body)})
     return loops
 
 
@@ -157,11 +160,12 @@ def compile_report(spec: KernelSpec, arch: int, tools: Dict[str, Path]) -> Compi
     per_thread = spec.block_v / (32 * spec.num_warps)
     streaming = [loop for loop in loops if loop["global_loads"] > 0]
     per_element = sum(loop["instructions"] for loop in streaming) / per_thread
+    mufu = sum(loop["mufu"] for loop in streaming) / per_thread
     return CompileReport(
         name=spec.name, kernel=spec.kernel.__name__, dtype=spec.dtype, block_v=spec.block_v,
         num_warps=spec.num_warps, registers=usage["registers"],
         spill_bytes=usage["spill_stores"] + usage["spill_loads"], shared=shared,
-        sass_per_element=round(per_element, 1), loops=loops, info=spec.info)
+        sass_per_element=round(per_element, 1), mufu_per_element=round(mufu, 2), loops=loops, info=spec.info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +217,31 @@ def liger_specs(vocab: int, dtypes) -> Tuple[List[KernelSpec], Optional[str]]:
 
 # ---------------------------------------------------------------------------------------------
 
-def run(arch: str, vocab: int, dtypes, with_liger: bool = True, log=None) -> Dict[str, object]:
+def _run_in_a_compiling_process(arch, vocab, dtypes, with_liger, modes) -> Dict[str, object]:
+    """run() in a child without TRITON_INTERPRET: under the interpreter the kernels are
+    Python functions, which Triton's compiler does not take."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory(prefix="labo-kernels-") as tmp:
+        out = Path(tmp) / "kernels.json"
+        argv = [sys.executable, "-m", "labo_fairseq.benchmarks.kernels", "--arch", arch, "--vocab", str(vocab),
+                "--dtypes", *dtypes, "--json", str(out), *([] if with_liger else ["--no-liger"]),
+                *(["--modes", *modes] if modes else [])]
+        child = subprocess.run(argv, env=env, capture_output=True, text=True)
+        if child.returncode != 0:
+            last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ToolchainError(f"the compiling process failed: {last}")
+        return json.loads(out.read_text())
+
+
+def run(arch: str, vocab: int, dtypes, with_liger: bool = True, log=None, modes=None) -> Dict[str, object]:
+    """Compile every shipped configuration (only those of `modes`, when given) and, with
+    `with_liger`, Liger's kernel; {arch, vocab, triton, rows, notes}."""
     from labo_fairseq.functional.triton_ops import shipped_configs
 
     tools = toolchain()
-    specs = shipped_configs(vocab, dtypes)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return _run_in_a_compiling_process(arch, vocab, dtypes, with_liger, modes)
+    specs = [spec for spec in shipped_configs(vocab, dtypes) if modes is None or spec.info["mode"] in modes]
     notes = []
     if with_liger:
         liger, reason = liger_specs(vocab, dtypes)
@@ -238,9 +262,10 @@ def run(arch: str, vocab: int, dtypes, with_liger: bool = True, log=None) -> Dic
 def render(result) -> str:
     from tabulate import tabulate
 
-    header = ["kernel", "mode", "dtype", "BLOCK_V", "warps", "registers", "spill B", "shared B", "SASS/elem"]
+    header = ["kernel", "mode", "dtype", "BLOCK_V", "warps", "registers", "spill B", "shared B", "SASS/elem",
+              "MUFU/elem"]
     body = [[r["name"], r["info"].get("mode", ""), r["dtype"], r["block_v"], r["num_warps"], r["registers"],
-             r["spill_bytes"], r["shared"], r["sass_per_element"]] for r in result["rows"]]
+             r["spill_bytes"], r["shared"], r["sass_per_element"], r["mufu_per_element"]] for r in result["rows"]]
     return tabulate(body, header, tablefmt="github")
 
 
@@ -255,11 +280,12 @@ def main(argv=None, prog="labo-bench kernels") -> int:
     p.add_argument("--dtypes", nargs="+", choices=("bf16", "fp16", "fp32"), default=["bf16", "fp16", "fp32"],
                    help="logits dtypes to compile for (default: all three)")
     p.add_argument("--no-liger", action="store_true", help="leave out the Liger-Kernel rows")
+    p.add_argument("--modes", nargs="+", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", metavar="PATH", type=output_file, default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)
     try:
         result = run(args.arch, args.vocab, args.dtypes, not args.no_liger,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+                     log=lambda line: print(line, file=sys.stderr, flush=True), modes=args.modes)
     except ToolchainError as exc:
         raise UserError(f"cannot compile offline: {exc}") from None
     print(f"compiled for {args.arch} with triton {result['triton']} (ptxas/cuobjdump from its wheel), "

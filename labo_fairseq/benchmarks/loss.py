@@ -470,6 +470,39 @@ def _device(text):
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
+def print_model(args, shapes):
+    """The roofline table (labo_fairseq.benchmarks.roofline) at `shapes`, in args.dtype
+    (default bfloat16), with the kernels' SASS counts from an offline sm_90 compile."""
+    from tabulate import tabulate
+
+    from labo_fairseq.benchmarks import kernels, roofline
+
+    dtype = args.dtype if args.dtype != "float32" or "--dtype" in sys.argv else "bfloat16"
+    short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype]
+    machine = roofline.Machine(name="given" if args.bandwidth != 3.35 else "H100 SXM", bandwidth=args.bandwidth * 1e12,
+                               flops=args.tflops * 1e12, sms=args.sms, clock=args.clock_ghz * 1e9)
+    note = "instruction counts: offline sm_90 compile of the kernels (labo-bench kernels)"
+    sass = None
+    try:
+        report = kernels.run("sm_90", max(v for _, (_, v, _) in shapes), [short], with_liger=False, modes=["labo"])
+        sass = roofline.sass_from_report(report, short)
+    except kernels.ToolchainError as exc:
+        note = f"no instruction counts ({exc}): memory and FLOPs only"
+    rows = []
+    for name, (n, vocab, dim) in shapes:
+        ops = roofline.model_ops(n, vocab, dim, {"bf16": 2, "fp16": 2, "fp32": 4}[short], machine, sass)
+        for row in roofline.summarise(ops):
+            rows.append([name, dim, row["op"], f"{row['predicted_ms']:.2f}", f"{row['hbm_gb']:.2f}",
+                         f"{row['tflop']:.1f}", row["bound"]])
+    print(f"roofline model, {dtype}, alpha {args.alpha}, tau {args.tau}: {machine.bandwidth / 1e12:g} TB/s, "
+          f"{machine.flops / 1e12:g} TFLOP/s, {machine.sms} SMs at {machine.clock / 1e9:g} GHz; {note}. "
+          "Predicted lower bounds, not GPU timings.")
+    print()
+    print(tabulate(rows, ["shape", "d", "op", "predicted ms", "HBM GB", "TFLOP", "bound (share of time)"],
+                   tablefmt="github"))
+    return 0
+
+
 def main(argv=None, prog="labo-bench loss"):
     from labo_fairseq.cli.arguments import output_file
 
@@ -496,13 +529,22 @@ def main(argv=None, prog="labo-bench loss"):
     p.add_argument("--iters", type=_positive, default=None, help="CPU only: timed iterations per process (min; default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations before measuring (default 1)")
     p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--tau", type=float, default=2.0)
+    p.add_argument("--tau", type=float, default=1.25, help="LABO's temperature (default 1.25, the criterion's)")
     p.add_argument("--pad-fraction", type=float, default=0.0, help="fraction of ignored positions")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--interpret", action="store_true",
                    help="run the Triton rows with TRITON_INTERPRET=1 (CPU smoke run on tiny shapes; "
                         "its times are not performance numbers)")
     p.add_argument("--json", metavar="PATH", type=output_file, default=None, help="also write the device and the raw rows as JSON")
+    model = p.add_argument_group("roofline model (--model: predicted GPU times, nothing is run)")
+    model.add_argument("--model", action="store_true",
+                       help="print the roofline model of each op at the shapes (default: the gpu preset) instead "
+                            "of measuring; the Triton kernels' instruction counts come from an offline compile "
+                            "when the triton wheel has ptxas")
+    model.add_argument("--bandwidth", type=float, default=3.35, help="HBM bandwidth, TB/s (default: H100 SXM, 3.35)")
+    model.add_argument("--tflops", type=float, default=989.0, help="dense bf16 tensor-core TFLOP/s (default 989)")
+    model.add_argument("--sms", type=int, default=132, help="streaming multiprocessors (default 132)")
+    model.add_argument("--clock-ghz", type=float, default=1.755, help="SM clock, GHz (default 1.755)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -514,10 +556,15 @@ def main(argv=None, prog="labo-bench loss"):
         args.dim = args.dim or 512
         return worker(args)
 
+    from labo_fairseq.functional import TAU_MIN
+
     if not 0.0 <= args.alpha < 1.0:
         p.error(f"--alpha: must be in [0, 1), got {args.alpha}")
-    if not args.tau > 0:
-        p.error(f"--tau: must be > 0 (inf allowed), got {args.tau}")
+    if not args.tau >= TAU_MIN:
+        p.error(f"--tau: must be >= {TAU_MIN:g} (inf allowed), got {args.tau}")
+    for flag in ("bandwidth", "tflops", "sms", "clock_ghz"):
+        if not getattr(args, flag) > 0 or not math.isfinite(getattr(args, flag)):
+            p.error(f"--{flag.replace('_', '-')}: must be a positive number, got {getattr(args, flag)}")
     if not 0.0 <= args.pad_fraction < 1.0:
         p.error(f"--pad-fraction: must be in [0, 1), got {args.pad_fraction}")
     if args.warmup < 0:
@@ -537,7 +584,7 @@ def main(argv=None, prog="labo-bench loss"):
         shapes = [(f"{args.tokens}x{args.vocab}", (args.tokens, args.vocab, args.dim or 512))]
     else:
         names = []
-        for name in args.shapes or [("gpu" if on_cuda else "cpu")]:
+        for name in args.shapes or [("gpu" if on_cuda or args.model else "cpu")]:
             for shape in PRESETS.get(name, [name]):
                 if shape not in names:
                     names.append(shape)
@@ -552,6 +599,8 @@ def main(argv=None, prog="labo-bench loss"):
         wanted = set(DEFAULT_CUDA if on_cuda else DEFAULT_CPU + (list(TRITON_VARIANTS) if args.interpret else []))
         variants = [v for v in VARIANTS if v in wanted]  # logits rows first, then linear rows
     repeats = args.repeats or (10 if on_cuda else 3)
+    if args.model:
+        return print_model(args, shapes)
 
     info = run_probe(args)
     if "device_error" in info:

@@ -143,14 +143,15 @@ def main(argv=None, prog="labo-bench train"):
     if argv[:1] == ["--fairseq-train-worker"]:
         return fairseq_train_worker(argv[1:])
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, nargs="+", default=[10000, 32000], help="joined vocabulary sizes")
-    parser.add_argument("--sentences", type=int, default=20000, help="synthetic training pairs")
-    parser.add_argument("--updates", type=int, default=30, help="updates per training run")
-    parser.add_argument("--log-interval", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per variant (alternating)")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[10000, 32000],
+                        help="joined vocabulary sizes (default: 10000 32000)")
+    parser.add_argument("--sentences", type=int, default=20000, help="synthetic training pairs (default 20000)")
+    parser.add_argument("--updates", type=int, default=30, help="updates per training run (default 30)")
+    parser.add_argument("--log-interval", type=int, default=5, help="updates per words/s line (default 5)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant, alternating (default 2)")
+    parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers (default 2)")
+    parser.add_argument("--dim", type=int, default=256, help="model dimension, a multiple of 4 (default 256)")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (default 4096)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cpu (fairseq-train --cpu) or cuda (one GPU; peak GPU memory reported)")
     parser.add_argument("--precision", choices=list(PRECISION_FLAGS), default="fp32",
@@ -182,6 +183,15 @@ def main(argv=None, prog="labo-bench train"):
     for name in ("sentences", "updates", "log_interval", "repeats", "layers", "dim", "max_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    small = [v for v in args.vocab if v < 8]
+    if small:
+        parser.error(f"--vocab: every size must be >= 8 (four per side beside fairseq's specials), got {small[0]}")
+    if args.dim % 4:
+        parser.error(f"--dim: must be a multiple of 4 (the transformer has 4 attention heads), got {args.dim}")
+    if args.updates < 2 * args.log_interval:
+        # words/s is the mean of the train_inner lines after the first (which includes start-up)
+        parser.error(f"--updates: must be at least 2 x --log-interval ({2 * args.log_interval}) to give a "
+                     f"words/s line after the first, got {args.updates}")
 
     results = []
     device = cpu_model() if args.device == "cpu" else None  # CUDA: named by the training process

@@ -7,7 +7,7 @@ around `python -m labo_fairseq.cli COMMAND`.
     labo-longtail ...                           rare-word accuracy (labo_fairseq.evaluation.longtail)
     labo-report RUN_DIR... --out DIR            comparison report (labo_fairseq.evaluation.report)
     labo-experiment RECIPE ...                  the whole pipeline (labo_fairseq.experiment)
-    labo-bench {loss,train} ...                 benchmarks (labo_fairseq.benchmarks)
+    labo-bench {loss,train,kernels} ...         benchmarks (labo_fairseq.benchmarks)
 
 Each function takes argv (default: sys.argv[1:]) and the program name shown in messages, and
 returns the exit status.
@@ -99,13 +99,15 @@ def experiment(argv: Optional[Sequence[str]] = None, prog: str = "labo-experimen
     return module.main(argv, prog=prog)
 
 
-BENCHMARKS = ("loss", "train")
+BENCHMARKS = ("loss", "train", "kernels")
 
 
 def bench(argv: Optional[Sequence[str]] = None, prog: str = "labo-bench") -> int:
-    return _subcommand(argv, prog, BENCHMARKS, "benchmarks", "benchmark",
-                       "loss: the loss op against fairseq's label smoothing (and peer kernels on CUDA); "
-                       "train: fairseq-train words/s and peak memory, LS vs LABO.")
+    return run_command(prog, lambda: _subcommand(argv, prog, BENCHMARKS, "benchmarks", "benchmark",
+                       "loss: the loss op against fairseq's label smoothing (and peer kernels on CUDA), "
+                       "--model for the roofline model; kernels: offline GPU compile report of the Triton "
+                       "kernels (registers, spills, SASS per element; no GPU needed); "
+                       "train: fairseq-train words/s and peak memory, LS vs LABO."))
 
 
 COMMANDS = {"prepare": prepare, "evaluate": evaluate, "longtail": longtail, "report": report,

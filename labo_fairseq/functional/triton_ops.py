@@ -32,8 +32,11 @@ MAX_BLOCK_V = 32768
 # elements of a block each thread holds: the register budget the kernels were sized for
 ELEMENTS_PER_THREAD = 32
 MAX_NUM_WARPS = 32
-# fused op: default logits workspace per token chunk (rows x V in the matmul dtype)
+# fused op: default logits workspace per token chunk (rows x V in the matmul dtype), grown to
+# at least DEFAULT_MIN_ROWS rows: with fewer, the per-chunk reads of the weight and the float32
+# grad_weight accumulation cost as much as the chunk's GEMMs (`labo-bench loss --model`)
 DEFAULT_WORKSPACE_BYTES = 256 << 20
+DEFAULT_MIN_ROWS = 2048
 MIN_TOKEN_ROWS = 64
 
 
@@ -156,9 +159,13 @@ class TritonLogitsLabo(torch.autograd.Function):
 
 def token_rows(n: int, vocab: int, element_size: int, workspace_bytes, device: torch.device) -> int:
     """Rows per token chunk of the fused op: the logits of a chunk (rows x V in the matmul
-    dtype) fill `workspace_bytes` (default DEFAULT_WORKSPACE_BYTES), at most half the memory
-    still free on a CUDA device, and at least MIN_TOKEN_ROWS rows."""
-    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    dtype) fill `workspace_bytes` (default: DEFAULT_WORKSPACE_BYTES or DEFAULT_MIN_ROWS rows,
+    whichever is more), at most half the memory still free on a CUDA device, and at least
+    MIN_TOKEN_ROWS rows."""
+    if workspace_bytes is None:
+        budget = max(DEFAULT_WORKSPACE_BYTES, DEFAULT_MIN_ROWS * vocab * element_size)
+    else:
+        budget = workspace_bytes
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

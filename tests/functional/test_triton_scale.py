@@ -1,0 +1,26 @@
+"""The Triton rescale of precomputed gradients: skipped on the device when the scale is 1."""
+import pytest
+import torch
+
+from tests.functional.common import DEVICE
+
+pytest.importorskip("triton", reason="the Triton rescale needs the triton package")
+
+from labo_fairseq.functional.triton_scale import BLOCK, scale_unless_one_  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_scales_rows_of_a_strided_matrix_and_flat_tensors_unless_one(dtype):
+    g = torch.Generator().manual_seed(0)
+    storage = torch.randn(3, BLOCK + 40, generator=g).to(dtype).to(DEVICE)
+    rows = storage[:, :BLOCK + 7]  # rows longer than a block, row stride != width
+    before = storage.clone()
+    scale_unless_one_(rows, torch.tensor(1.0, device=DEVICE))
+    assert torch.equal(storage, before)
+    scale_unless_one_(rows, torch.tensor(-2.5, device=DEVICE))
+    torch.testing.assert_close(rows, (before[:, :BLOCK + 7].float() * -2.5).to(dtype))
+    assert torch.equal(storage[:, BLOCK + 7:], before[:, BLOCK + 7:])  # nothing outside the view
+    flat = torch.randn(2, 5, 7, generator=g).to(dtype).to(DEVICE)
+    want = (flat.float() * 3.0).to(dtype)
+    scale_unless_one_(flat, torch.tensor([3.0], device=DEVICE))
+    torch.testing.assert_close(flat, want)
