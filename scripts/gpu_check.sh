@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one call, for a CUDA machine where torch, triton and the patched fairseq
 # already import (see README, "On a GPU machine"): the op and criterion tests on CUDA, the loss-op
-# benchmark against fairseq's label smoothing (and Liger-Kernel / Apple CCE when installed),
-# and fairseq-train words/s and peak memory for LS vs LABO in fp16 and bf16. Results go to OUT_DIR.
+# benchmark against fairseq's label smoothing (and Liger-Kernel / Apple CCE when installed) beside
+# the roofline model and the offline compile report (the numbers it measures can be put next to
+# the predicted ones), and fairseq-train words/s and peak memory for LS vs LABO in fp16 and bf16.
+# Results go to OUT_DIR.
 #
 # usage: bash scripts/gpu_check.sh OUT_DIR [--quick]     (--quick: one shape, fewer updates)
 set -uo pipefail
@@ -21,6 +23,11 @@ status=0
 echo "== tests on CUDA"
 $PY -m pytest -q -x tests/functional tests/criterions/test_label_smoothed_labo.py 2>&1 | tee "$out/tests.txt" | tail -n 5
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+
+echo "== compile report and roofline model (predictions, for comparison with the timings below)"
+$PY -m labo_fairseq.benchmarks.kernels --arch sm_90 --json "$out/kernels.json" > "$out/kernels.txt" 2>&1 || status=1
+$PY scripts/bench_loss.py --model --shapes gpu > "$out/roofline.txt" 2>&1 || status=1
+tail -n 8 "$out/roofline.txt"
 
 echo "== loss op"
 shapes=(gpu); [[ $quick == --quick ]] && shapes=(8192x32768)

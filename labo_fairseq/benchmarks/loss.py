@@ -484,7 +484,7 @@ def print_model(args, shapes):
     note = "instruction counts: offline sm_90 compile of the kernels (labo-bench kernels)"
     sass = None
     try:
-        report = kernels.run("sm_90", max(v for _, (_, v, _) in shapes), [short], with_liger=False, modes=["labo"])
+        report = kernels.run("sm_90", max(v for _, (_, v, _) in shapes), [short], modes=["labo"])
         sass = roofline.sass_from_report(report, short)
     except kernels.ToolchainError as exc:
         note = f"no instruction counts ({exc}): memory and FLOPs only"

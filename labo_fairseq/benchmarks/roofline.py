@@ -87,6 +87,9 @@ def model_ops(n: int, vocab: int, dim: int, s: int, machine: Machine, sass: Opti
     # writes the gradient (in place); backward's rescale is skipped on the device
     ops["chunked[triton,inplace]"] = [_stream(machine, "row_stats+grad kernel", elements, 2.0 * s * elements,
                                               sass.get("row_stats+grad"))]
+    if "liger" in sass:  # Liger's CE kernel moves the same bytes (in place, rescale skipped at 1)
+        ops["liger-ce"] = [_stream(machine, "liger_cross_entropy_kernel", elements, 2.0 * s * elements,
+                                   sass["liger"])]
     ops["linear+fairseq"] = [
         _gemm(machine, "logits = h W^T", n, vocab, dim, s),
         *ops["fairseq (logits)"],
@@ -98,8 +101,9 @@ def model_ops(n: int, vocab: int, dim: int, s: int, machine: Machine, sass: Opti
     chunks = -(-n // rows)
     fused = []
     for r in [rows] * (n // rows) + ([n % rows] if n % rows else []):
-        # grad_W of a chunk: one GEMM into the matmul dtype, added to the float32 accumulator
-        accumulate = vocab * dim * (s + 8.0) if s < 4 else 0.0
+        # grad_W of a chunk: cuBLAS reads and writes the float32 accumulator (addmm's out_dtype)
+        # instead of the matmul dtype's V x d output
+        accumulate = vocab * dim * (8.0 - s) if s < 4 else 0.0
         fused += [_gemm(machine, "logits chunk", r, vocab, dim, s),
                   _stream(machine, "row_stats+grad kernel", float(r) * vocab, 2.0 * s * r * vocab,
                           sass.get("row_stats+grad")),
@@ -123,10 +127,11 @@ def summarise(ops: Dict[str, List[Step]]) -> List[Dict[str, object]]:
 
 
 def sass_from_report(report: dict, dtype: str, mode: str = "labo") -> Dict[str, dict]:
-    """{kernel name: {sass_per_element, mufu_per_element}} of a `labo-bench kernels` result."""
+    """{kernel name ("liger" for Liger's): {sass_per_element, mufu_per_element}} of a
+    `labo-bench kernels` result."""
     out = {}
     for row in report["rows"]:
-        if row["dtype"] == dtype and row["info"].get("mode") == mode:
-            out[row["name"]] = {"sass_per_element": row["sass_per_element"],
-                                "mufu_per_element": row["mufu_per_element"]}
+        if row["dtype"] == dtype and (row["info"].get("mode") == mode or row["name"].startswith("liger")):
+            name = "liger" if row["name"].startswith("liger") else row["name"]
+            out[name] = {"sass_per_element": row["sass_per_element"], "mufu_per_element": row["mufu_per_element"]}
     return out

@@ -179,10 +179,28 @@ def _matmul_dtype(hidden):
     return hidden.dtype
 
 
+_ADDMM_OUT_DTYPE = {"works": None}  # learnt at the first call on CUDA
+
+
+def _addmm_into_float32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """acc += a @ b in one cuBLAS call that reads and writes the float32 accumulator directly
+    (addmm's out_dtype, CUDA only); False where torch cannot, and the caller adds a product."""
+    if not acc.is_cuda or _ADDMM_OUT_DTYPE["works"] is False:
+        return False
+    try:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    except (RuntimeError, TypeError):
+        _ADDMM_OUT_DTYPE["works"] = False
+        return False
+    _ADDMM_OUT_DTYPE["works"] = True
+    return True
+
+
 class FusedGrads:
     """The fused op's gradient accumulators. grad_weight and grad_bias sum over token chunks in
-    the accumulation dtype (float32, float64 for float64): each chunk's g.T @ h is one GEMM
-    (its own float32 accumulation, rounded once to the matmul dtype) added in float32, so the
+    the accumulation dtype (float32, float64 for float64): on CUDA each chunk's g.T @ h is
+    added by cuBLAS straight into the float32 buffer; elsewhere it is one GEMM (float32
+    accumulation inside, rounded once to the matmul dtype) added in float32. Either way the
     error stays that of a single GEMM however many chunks there are. grad_hidden is written
     once per row, in the matmul dtype."""
 
@@ -199,7 +217,7 @@ class FusedGrads:
         if self.weight is not None:
             if self.weight.dtype == g.dtype:
                 self.weight.addmm_(g.t(), hb)
-            else:
+            elif not _addmm_into_float32(self.weight, g.t(), hb):
                 self.weight.add_(torch.mm(g.t(), hb))
         if self.bias is not None:
             self.bias.add_(g.sum(0, dtype=self.bias.dtype))
