@@ -926,6 +926,8 @@ def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None
                 headline = build_report(finished, out_dir / "report", subsets=subsets, failed=failed)
             except EvaluationError as error:
                 _say(f"report: FAILED: {error}")
+        if headline is None and (out_dir / "report").exists():
+            _say(f"report: none built this time; {out_dir / 'report'} is from an earlier run of the pipeline")
         summary = {"recipe": str(recipe.path), "runs": status,
                    "timing": {r.name: {k: results[r.name][k] for k in ("started", "finished")} for r in runs},
                    "report": headline}
