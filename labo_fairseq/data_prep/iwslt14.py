@@ -54,7 +54,7 @@ def parse_args(argv=None, prog="prepare-iwslt14.sh"):
                         help="BPE merge operations; --bpe-tokens is the older name (default: %(default)s)")
     common.add_output_args(parser, NAME, "tokenisation, BPE and binarisation")
     args = parser.parse_args(argv)
-    common.require_positive(parser, {"--vocab": args.bpe_tokens, "--workers": args.workers})
+    common.check_sizes(parser, TAG, args, args.bpe_tokens)
     if args.raw_dir is not None:
         args.archive = args.raw_dir / "de-en.tgz"
     return args
@@ -138,7 +138,8 @@ def build(args, staging, text_dir, bin_dir):
     log(TAG, f"applied BPE to train/valid/test ({timer})")
 
     timer = Timer()
-    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=False, workers=args.workers)
+    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=False, workers=args.workers,
+                            shown=staging.shown(bin_dir))
     log(TAG, f"binarised into data-bin/{NAME}: dictionaries {SRC} {sizes[SRC]} types, "
              f"{TGT} {sizes[TGT]} types ({timer})")
     raw_refs = common.write_raw_references(bin_dir, TGT, {"test": raw_test})

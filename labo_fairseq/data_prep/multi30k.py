@@ -62,7 +62,7 @@ def parse_args(argv=None, prog="prepare-multi30k.sh"):
         args.test_sets = all_test_sets(args.raw_dir)
         if not args.test_sets:
             parser.error(f"--test-sets all: {args.raw_dir} has no test_*.{SRC}.gz with a matching test_*.{TGT}.gz")
-    common.require_positive(parser, {"--vocab": args.vocab, "--workers": args.workers})
+    common.check_sizes(parser, TAG, args, args.vocab)
     return args
 
 
@@ -74,7 +74,7 @@ def all_test_sets(raw_dir):
     return [name for name in names if (Path(raw_dir) / f"{name}.{TGT}.gz").exists()]
 
 
-def raw_files(args, raw_names):
+def raw_files(args, raw_names, staging):
     """Paths of the raw .gz files; downloads missing ones into the default raw directory only."""
     raw_dir = args.raw_dir or (args.out / "orig" / "multi30k")
     paths = {name: raw_dir / f"{name}.gz" for name in raw_names}
@@ -84,7 +84,7 @@ def raw_files(args, raw_names):
                         f"in {raw_dir})")
     if missing:
         try:
-            raw_dir.mkdir(parents=True, exist_ok=True)
+            staging.makedirs(raw_dir)
         except OSError as e:
             raise PrepError(f"cannot write to {raw_dir}: {e.strerror or e}") from None
         for name in missing:
@@ -98,7 +98,7 @@ def raw_files(args, raw_names):
 def build(args, staging, text_dir, bin_dir):
     raw_splits = ["train", "val"] + args.test_sets
     splits = dict(zip(raw_splits, ["train", "valid"] + test_split_names(len(args.test_sets))))
-    paths = raw_files(args, [f"{name}.{lang}" for name in raw_splits for lang in (SRC, TGT)])
+    paths = raw_files(args, [f"{name}.{lang}" for name in raw_splits for lang in (SRC, TGT)], staging)
     tok_dir = text_dir / "tok"
     tok_dir.mkdir(parents=True)
     counts = {}
@@ -128,7 +128,8 @@ def build(args, staging, text_dir, bin_dir):
 
     timer = Timer()
     test_splits = test_split_names(len(args.test_sets))
-    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers)
+    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers,
+                            shown=staging.shown(bin_dir))
     log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
     raw_refs = common.write_raw_references(bin_dir, TGT, {
         split: common.read_lines(paths[f"{raw}.{TGT}"]) for raw, split in splits.items() if split != "train"})

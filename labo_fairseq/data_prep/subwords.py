@@ -4,7 +4,7 @@ import io
 import sys
 from pathlib import Path
 
-from .common import PrepError, Timer, concatenate, log, warn
+from .common import PrepError, Timer, concatenate, log, warn, writing
 
 SPM_SEED = 1
 
@@ -25,7 +25,8 @@ def learn_bpe(train_paths, codes_path, merges, scratch_dir):
     own_tqdm = getattr(subword_nmt_module, "tqdm", None)
     subword_nmt_module.tqdm = merges_bar
     try:
-        with open(joint, encoding="utf-8") as infile, open(codes_path, "w", encoding="utf-8") as outfile:
+        with open(joint, encoding="utf-8") as infile, writing(codes_path), \
+                open(codes_path, "w", encoding="utf-8") as outfile:
             # subword-nmt prints "no pair has frequency >= 2. Stopping" to stderr when the corpus runs out
             # of pairs before `merges`; that is normal on small corpora.
             with contextlib.redirect_stderr(io.StringIO()):
@@ -98,7 +99,8 @@ def train_spm(train_paths, model_path, vocab_size, model_type, workers, max_sent
     except (RuntimeError, OSError) as e:
         raise PrepError(f"sentencepiece training on {source or ', '.join(map(str, train_paths))} failed: "
                         f"{str(e).strip().splitlines()[-1]}") from None
-    Path(model_path).write_bytes(model.getvalue())
+    with writing(model_path):
+        Path(model_path).write_bytes(model.getvalue())
     return Path(model_path)
 
 

@@ -58,7 +58,7 @@ def parse_args(argv=None, prog="prepare-wmt14en2de.sh"):
     args = parser.parse_args(argv)
     if args.vocab is None:
         args.vocab = DEFAULT_VOCAB[args.subwords]
-    common.require_positive(parser, {"--vocab": args.vocab, "--workers": args.workers})
+    common.check_sizes(parser, TAG, args, args.vocab)
     return args
 
 
@@ -75,7 +75,7 @@ def raw_dir_of(args):
     return args.raw_dir or (args.out / "orig" / "wmt14")
 
 
-def gather_raw_files(args, dest_dir):
+def gather_raw_files(args, dest_dir, staging):
     """({member: path}, {member: name for messages}): extracted files in the raw directory are used as
     they are, otherwise the members are extracted from the archives there (and named as members of
     the archive); archives are downloaded only into the default raw directory."""
@@ -93,7 +93,7 @@ def gather_raw_files(args, dest_dir):
             if args.raw_dir is not None:
                 raise PrepError(f"{archive}: file not found (nor extracted {', '.join(members)} in {raw_dir})")
             try:
-                raw_dir.mkdir(parents=True, exist_ok=True)
+                staging.makedirs(raw_dir)
             except OSError as e:
                 raise PrepError(f"cannot write to {raw_dir}: {e.strerror or e}") from None
             log(TAG, f"downloading {url}")
@@ -106,7 +106,7 @@ def gather_raw_files(args, dest_dir):
 
 def build(args, staging, text_dir, bin_dir):
     tmp = staging.work
-    raw, names = gather_raw_files(args, tmp / "orig")
+    raw, names = gather_raw_files(args, tmp / "orig", staging)
 
     corpora = TRAIN_CORPORA + [NEWS_COMMENTARY[args.news_commentary]]
     for _, prefix in corpora:
@@ -114,7 +114,8 @@ def build(args, staging, text_dir, bin_dir):
         common.check_parallel(raw[sides[0]], raw[sides[1]], (names[sides[0]], names[sides[1]]))
     for lang in (SRC, TGT):
         pipeline = MosesPipeline(lang, ["normalize", "remove-non-printing", "tokenize-aggressive"])
-        with open(tmp / f"train.tok.{lang}", "w", encoding="utf-8", newline="\n") as out:
+        with common.writing(tmp / f"train.tok.{lang}"), \
+                open(tmp / f"train.tok.{lang}", "w", encoding="utf-8", newline="\n") as out:
             for _, prefix in corpora:
                 timer = Timer()
                 n = 0
@@ -160,7 +161,8 @@ def build(args, staging, text_dir, bin_dir):
                         f"{', '.join(str(names[f'{p}.{SRC}']) for _, p in corpora)}")
 
     timer = Timer()
-    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers)
+    sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers,
+                            shown=staging.shown(bin_dir))
     log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
     raw_refs = common.write_raw_references(bin_dir, TGT, raw_targets)
     common.write_prepare_json(bin_dir, {
