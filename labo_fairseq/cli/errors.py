@@ -9,7 +9,8 @@ Exit statuses, the same for every command:
     0    done
     1    the command ran but part of its work failed (a pipeline run), reported above
     2    nothing was produced: bad arguments or inputs (argparse's status for a usage error)
-    130  interrupted (Ctrl-C or SIGTERM); earlier outputs are left as they were
+    130  interrupted (Ctrl-C or SIGTERM); the message says what was left (by default: earlier
+         outputs as they were)
 """
 import signal
 import sys
