@@ -17,6 +17,11 @@ present in the data-bin once it exists)::
 
     [train]
     args = ["--arch", "transformer", "--max-update", "1000", ...]   # fairseq-train flags
+    save_interval_updates = 250  # also save a checkpoint every N updates (default 250; 0: only at
+                                 # epoch ends): adds --save-interval-updates N --keep-interval-updates 1
+                                 # unless args set --save-interval-updates themselves. Size N so that
+                                 # an interrupt loses at most a minute or two of training. fairseq
+                                 # also validates at each of these saves.
 
     [evaluate]
     checkpoint = "average"       # "last" (default), "average" (of the last `average_last` epoch
@@ -56,8 +61,13 @@ evaluated checkpoint's size and mtime). On re-run a run whose eval.done still ma
 any other difference, or an unreadable eval.done, evaluates it again. A run whose recorded
 training command or training data differs from what the recipe and data-bin give now, or whose
 run.json is unreadable, is refused in one line naming the directory and the change: its model
-does not belong to them (remove the directory or choose another --out). An interrupted training
-resumes from its checkpoint_last.pt (fairseq's own --restore-file). A failed run is reported and
+does not belong to them (remove the directory or choose another --out). Flags that only set how
+long training lasts or how often it saves (--max-update, --max-epoch, --save-interval-updates,
+--keep-interval-updates) are not such a change: raising --max-update or --max-epoch trains a
+finished run further from its checkpoint_last.pt, then evaluates it again; lowering them below what
+a finished run was trained for is refused. An interrupted training resumes from its
+checkpoint_last.pt (fairseq's own --restore-file); the interrupt names, for each run, the update it
+resumes from and how many updates will be redone. A failed run is reported and
 the others still run and are reported. Ctrl-C or SIGTERM stops every child and leaves resumable
 runs; children also die if this process is killed. One pipeline at a time may use an output
 directory (OUT/.experiment.lock, removed when it exits).
@@ -66,11 +76,13 @@ directory (OUT/.experiment.lock, removed when it exits).
 
 import argparse
 import concurrent.futures
+import contextlib
 import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -97,7 +109,12 @@ BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
 
 RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods"}
 DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets"}
-TRAIN_KEYS = {"args", "average_last"}
+TRAIN_KEYS = {"args", "average_last", "save_interval_updates"}
+DEFAULT_SAVE_INTERVAL_UPDATES = 250
+# flags that set how long training lasts: raising them trains a finished run further
+SCHEDULE_FLAGS = ("--max-update", "--max-epoch")
+# flags that set how often training saves: they do not change the model
+SAVE_FLAGS = ("--save-interval-updates", "--keep-interval-updates")
 EVALUATE_KEYS = {"beam", "lenpen", "batch_size", "cpu", "longtail_level", "checkpoint", "average_last"}
 METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args", "criterion", "lr", "mc_samples",
                "ess", "hess_init"}
@@ -402,6 +419,11 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
     train_args = [sub(a) for a in _string_list(train.get("args", []), f"{path}: [train] args")]
     if checkpoint == "best" and "--best-checkpoint-metric" not in train_args:
         train_args += BEST_BY_NLL
+    save_every = _int_setting(train, "save_interval_updates", DEFAULT_SAVE_INTERVAL_UPDATES, f"{path}: [train]", 0)
+    if save_every > 0 and "--save-interval-updates" not in train_args:
+        train_args += ["--save-interval-updates", str(save_every)]
+        if "--keep-interval-updates" not in train_args:
+            train_args += ["--keep-interval-updates", "1"]
     return Recipe(path=path, name=name, seeds=seeds, variables=variables, prepare=prepare,
                   data_bin=Path(sub(data["data_bin"])), train_target=Path(sub(data["train_target"])),
                   subsets=subsets, train_args=train_args, checkpoint=checkpoint, average_last=average_last,
@@ -497,6 +519,53 @@ def describe_command_change(recorded: Sequence[str], new: Sequence[str]) -> str:
         elif old_flags[flag] != new_flags[flag]:
             changes.append(f"{name} {' '.join(old_flags[flag]) or '(no value)'} -> {' '.join(new_flags[flag]) or '(no value)'}")
     return "; ".join(changes) or "the order of the flags"
+
+
+def _without_flags(command: Sequence[str], flags: Sequence[str]) -> List[str]:
+    """`command` without `flags` and their values."""
+    out, skipping = [], False
+    for word in command:
+        if word.startswith("--"):
+            skipping = word in flags
+        if not skipping:
+            out.append(word)
+    return out
+
+
+def _schedule_limit(command: Sequence[str], flag: str) -> float:
+    """The value of a schedule flag (the last one given); absent or <= 0 is fairseq's "no limit"."""
+    values = _flag_values(command).get(flag)
+    try:
+        value = float(values[-1]) if values else 0.0
+    except ValueError:
+        return math.nan
+    return math.inf if value <= 0 else value
+
+
+def compare_commands(recorded: Sequence[str], new: Sequence[str]):
+    """(change, extended, shortened) between a run's recorded training command and the recipe's:
+    `change` describes the differences other than the schedule and save flags (None: none);
+    `extended` / `shortened` describe schedule flags that now let training last longer / stop
+    sooner (None: none). Save flags may differ freely."""
+    ignored = SCHEDULE_FLAGS + SAVE_FLAGS
+    kept_old, kept_new = _without_flags(recorded, ignored), _without_flags(new, ignored)
+    change = describe_command_change(kept_old, kept_new) if kept_old != kept_new else None
+    longer, shorter = [], []
+    for flag in SCHEDULE_FLAGS:
+        before, after = _schedule_limit(recorded, flag), _schedule_limit(new, flag)
+        if before == after:
+            continue
+        text = describe_command_change([recorded[0], *_only_flag(recorded, flag)], [new[0], *_only_flag(new, flag)])
+        if after > before:
+            longer.append(text)
+        else:  # shorter, or unreadable (NaN): not an extension
+            shorter.append(text)
+    return change, "; ".join(longer) or None, "; ".join(shorter) or None
+
+
+def _only_flag(command: Sequence[str], flag: str) -> List[str]:
+    values = _flag_values(command)
+    return [flag, *values[flag]] if flag in values else []
 
 
 def _say(message: str) -> None:
@@ -596,13 +665,15 @@ def evaluation_change(recipe: Recipe, run: RunPlan, subsets: Sequence[str]) -> O
     return f"{missing[0]} is missing" if missing else None
 
 
-def check_run_dir(recipe: Recipe, run: RunPlan, data: Optional[Dict[str, dict]]) -> None:
+def check_run_dir(recipe: Recipe, run: RunPlan, data: Optional[Dict[str, dict]]) -> Optional[str]:
     """Refuses (RunRefused) a run directory whose run.json is unreadable, records another training
     command, or records other training data than `data` (the data-bin's fingerprint now; None:
-    not checked). A run.json without a fingerprint (older runs) is taken as trained on `data`."""
+    not checked). A run.json without a fingerprint (older runs) is taken as trained on `data`.
+    Schedule and save flags are not compared (compare_commands), except that a finished run is
+    refused a shorter schedule. Returns how the schedule was extended (None: it was not)."""
     run_json = run.run_dir / "run.json"
     if not run_json.exists():
-        return
+        return None
     remedy = "remove that directory to run it again, or choose another --out"
     try:
         info = read_json_object(run_json, "run record")
@@ -613,19 +684,31 @@ def check_run_dir(recipe: Recipe, run: RunPlan, data: Optional[Dict[str, dict]])
         reason = f"{run_json} has no train_command list"
         raise RunRefused(f"{reason}; {remedy}", reason)
     command = train_command(recipe, run)
-    if recorded != command:
-        change = describe_command_change(recorded, command)
+    change, extended, shortened = compare_commands(recorded, command) if recorded else ("train_command is empty",
+                                                                                         None, None)
+    if change is not None:
         raise RunRefused(f"{run.run_dir} was trained with a different command than recipe {recipe.path} now gives "
                          f"({change}); {remedy}", f"trained with another command ({change})")
+    if shortened is not None and (run.run_dir / TRAIN_DONE).exists():
+        raise RunRefused(f"{run.run_dir} was trained for longer than recipe {recipe.path} now asks ({shortened}); "
+                         f"{remedy}", f"trained for longer ({shortened})")
     if data is not None and "data_fingerprint" in info and info["data_fingerprint"] != data:
         change = describe_data_change(info["data_fingerprint"], data)
         raise RunRefused(f"{run.run_dir} was trained on other data than {recipe.data_bin} now holds ({change}): "
                          f"its model does not belong to that data; {remedy}", f"trained on other data ({change})")
+    return extended
 
 
-def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str], data: Dict[str, dict]) -> List[str]:
-    """Creates or checks the run directory (see check_run_dir); returns the training command."""
-    check_run_dir(recipe, run, data)
+def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str], data: Dict[str, dict]):
+    """Creates or checks the run directory (see check_run_dir); returns (the training command, how a
+    finished run's schedule was extended or None). A finished run whose schedule was extended
+    loses its train.done before run.json records the new command, so that it trains further
+    even if this attempt is interrupted."""
+    extended = check_run_dir(recipe, run, data)
+    if extended is not None and (run.run_dir / TRAIN_DONE).exists():
+        (run.run_dir / TRAIN_DONE).unlink()
+    else:
+        extended = None
     command = train_command(recipe, run)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     info = {"method": run.method.kind, "label": run.method.label, "config": run.method.name, "seed": run.seed,
@@ -633,7 +716,7 @@ def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str], data: 
             "checkpoint": checkpoint_description(recipe), "subsets": list(subsets), "train_command": command,
             "data_fingerprint": data}
     write_json_atomic(run.run_dir / "run.json", info)
-    return command
+    return command, extended
 
 
 def checkpoint_path(recipe: Recipe, run: RunPlan) -> Path:
@@ -660,6 +743,21 @@ class ChildProcesses:
         self._lock = threading.Lock()
         self._procs: set = set()
         self.stopping = threading.Event()
+        self.active: Dict[str, RunPlan] = {}  # runs whose training is in progress
+
+    @contextlib.contextmanager
+    def training(self, run: RunPlan):
+        with self._lock:
+            self.active[run.name] = run
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active.pop(run.name, None)
+
+    def training_runs(self) -> List[RunPlan]:
+        with self._lock:
+            return list(self.active.values())
 
     def run(self, command: Sequence[str], log_path: Path, what: str, stream: bool, append: bool = False,
             env: Optional[Dict[str, str]] = None) -> None:
@@ -736,7 +834,9 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequen
 def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: ChildProcesses,
                 stream: bool = True, env: Optional[Dict[str, str]] = None) -> str:
     """Trains (or resumes) and evaluates one run; returns "done" or "skipped"."""
-    command = prepare_run_dir(recipe, run, subsets, data_fingerprint(recipe.data_bin))
+    if children.stopping.is_set():  # interrupted: nothing more starts
+        raise Interrupted()
+    command, extended = prepare_run_dir(recipe, run, subsets, data_fingerprint(recipe.data_bin))
     trained = (run.run_dir / TRAIN_DONE).exists()
     change = evaluation_change(recipe, run, subsets) if trained else None
     if trained and change is None:
@@ -747,10 +847,13 @@ def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: 
     if not trained:
         resuming = (run.checkpoints / "checkpoint_last.pt").exists()
         if stream:
-            _say(f"{run.name}: {'resuming' if resuming else 'training'} ({run.method.label}, seed {run.seed}); "
-                 f"log: {run.run_dir / 'train.log'}")
-        children.run(command, run.run_dir / "train.log", f"training {run.name}", stream, append=resuming, env=env)
+            doing = f"training further ({extended})" if extended else "resuming" if resuming else "training"
+            _say(f"{run.name}: {doing} ({run.method.label}, seed {run.seed}); log: {run.run_dir / 'train.log'}")
+        with children.training(run):
+            children.run(command, run.run_dir / "train.log", f"training {run.name}", stream, append=resuming, env=env)
         write_text_atomic(run.run_dir / TRAIN_DONE, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+        if recipe.checkpoint == "average":  # an average of earlier epochs is out of date now
+            checkpoint_path(recipe, run).unlink(missing_ok=True)
     elif stream:
         _say(f"{run.name}: evaluating again ({change})")
     evaluate_run(recipe, run, evaluation_checkpoint(recipe, run), subsets, children, stream, env)
@@ -804,6 +907,31 @@ def _last_valid_nll(run: RunPlan) -> Optional[float]:
     return values[-1] if values else None
 
 
+_SAVED = re.compile(r"Saved checkpoint .* \(epoch \d+ @ (\d+) updates")
+_UPDATES = re.compile(r"num_updates[ =](\d+)")
+
+
+def training_progress(log_path: Path):
+    """(updates at the last saved checkpoint or None, last update train.log shows or None)."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, None
+    saved = [int(m.group(1)) for m in _SAVED.finditer(text)]
+    seen = [int(m.group(1)) for m in _UPDATES.finditer(text)]
+    return (saved[-1] if saved else None), (seen[-1] if seen else None)
+
+
+def resume_note(run: RunPlan) -> str:
+    """What an interrupt costs a run in training: where it resumes and how many updates are redone."""
+    saved, seen = training_progress(run.run_dir / "train.log")
+    shown = f"at least {seen}" if seen is not None else "the"
+    if saved is None:
+        return f"{run.name}: no checkpoint saved yet; {shown} update(s) done so far will be redone"
+    redo = "" if seen is None or seen <= saved else f"; about {seen - saved} update(s) since then will be redone"
+    return f"{run.name}: resumes from its checkpoint at update {saved}{redo}"
+
+
 def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], jobs: int) -> Dict[str, dict]:
     """Runs `runs`, up to `jobs` at once; returns {run name: {"status", "started", "finished"}}."""
     children = ChildProcesses()
@@ -821,6 +949,8 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
         started = time.time()
         entry = {"started": started}
         try:
+            if children.stopping.is_set():  # interrupted before this run started: do not announce it
+                raise Interrupted()
             if stream:
                 _say(f"run {run.name}")
             entry["status"] = execute_run(recipe, run, subsets, children, stream, env)
@@ -837,14 +967,16 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
             with lock:
                 free.append(slot)
                 results[run.name] = entry
-                if entry.get("status") != "interrupted":
+                if entry.get("status") != "interrupted" and not children.stopping.is_set():
                     state = entry.get("status", "failed")
-                    detail = "done" if state == "done" else state
-                    nll = _last_valid_nll(run) if state in ("done", "skipped") else None
                     where = "" if slots[slot] is None else f" on GPU {slots[slot]}"
-                    _say(f"[{next(counter)}/{len(runs)}] {run.name} {detail}{where} in "
-                         f"{_duration(entry['finished'] - started)}"
-                         + ("" if nll is None else f", valid nll {nll:.2f}"))
+                    took = _duration(entry["finished"] - started)
+                    if state.startswith("failed"):
+                        line = f"failed{where} after {took}: {state[len('failed: '):]}"
+                    else:
+                        nll = _last_valid_nll(run)
+                        line = f"{state}{where} in {took}" + ("" if nll is None else f", valid nll {nll:.2f}")
+                    _say(f"[{next(counter)}/{len(runs)}] {run.name} {line}")
 
     interrupted = []
 
@@ -853,16 +985,21 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
 
     previous = signal.signal(signal.SIGTERM, on_signal)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    futures: List[concurrent.futures.Future] = []
     try:
         futures = [pool.submit(work, run) for run in runs]
         for future in futures:
             future.result()
     except (KeyboardInterrupt, Interrupted):
         interrupted.append(True)
-        _say("interrupted: stopping every child process (runs stay resumable)")
-        children.stop_all()
+        children.stopping.set()  # first: no run starts or reports after the line below
         for future in futures:
             future.cancel()
+        _say("interrupted: stopping every child process (runs stay resumable)")
+        training = children.training_runs()
+        children.stop_all()
+        for run in training:
+            _say(resume_note(run))
     finally:
         pool.shutdown(wait=True)
         signal.signal(signal.SIGTERM, previous)
@@ -941,9 +1078,11 @@ def run_state(recipe: Recipe, run: RunPlan, subsets: Optional[Sequence[str]]) ->
     """What running the recipe would do for this run now (what --dry-run prints); `subsets` is
     None while the data-bin is still to be prepared."""
     try:
-        check_run_dir(recipe, run, None if subsets is None else data_fingerprint(recipe.data_bin))
+        extended = check_run_dir(recipe, run, None if subsets is None else data_fingerprint(recipe.data_bin))
     except RunRefused as refused:
         return f"refused: {refused.reason}"
+    if extended is not None and (run.run_dir / TRAIN_DONE).exists():
+        return f"train further from checkpoint_last.pt ({extended}), then evaluate"
     if not (run.run_dir / TRAIN_DONE).exists():
         last = run.checkpoints / "checkpoint_last.pt"
         return "resume training from checkpoint_last.pt, then evaluate" if last.exists() else "train, then evaluate"
