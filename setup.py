@@ -4,8 +4,9 @@ experiment pipeline as console commands (`labo-prepare`, `labo-evaluate`, ...).
 Dependencies are lower bounds (the exact, tested versions are the lock file requirements.txt).
 fairseq itself is not listed: its 0.12.2 sdist only builds and runs on a current Python/torch with
 patches/fairseq-0.12.2.patch applied and `--no-build-isolation --no-deps`, which pip cannot do for
-a dependency. scripts/install_fairseq.sh does it; the commands that need fairseq say so when it
-is missing. torch is a lower bound only, so pip keeps whatever torch build (CUDA or CPU) the
+a dependency. The console command `labo-install-fairseq` (labo_fairseq/install.py; the patch ships
+inside the wheel) does it after `pip install labo_fairseq`; scripts/install_fairseq.sh runs the
+same code from a checkout. The commands that need fairseq check for the patched one first. torch is a lower bound only, so pip keeps whatever torch build (CUDA or CPU) the
 environment already has.
 """
 import re
@@ -37,11 +38,12 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["labo_fairseq", "labo_fairseq.*"]) + ["labo_fairseq.recipes"],
+    packages=find_packages(include=["labo_fairseq", "labo_fairseq.*"]) + ["labo_fairseq.recipes",
+                                                                           "labo_fairseq.patches"],
     # The repository's recipes/ ship inside the package, so an installed labo-experiment finds
-    # them by name (labo-experiment multi30k-cpu).
-    package_dir={"labo_fairseq.recipes": "recipes"},
-    package_data={"labo_fairseq.recipes": ["*.toml"]},
+    # them by name (labo-experiment multi30k-cpu); patches/ likewise, for labo-install-fairseq.
+    package_dir={"labo_fairseq.recipes": "recipes", "labo_fairseq.patches": "patches"},
+    package_data={"labo_fairseq.recipes": ["*.toml"], "labo_fairseq.patches": ["*.patch"]},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24,<2",           # fairseq's Cython extensions are built against numpy 1.x
@@ -68,6 +70,7 @@ setup(
             "labo-report = labo_fairseq.cli:report",
             "labo-experiment = labo_fairseq.cli:experiment",
             "labo-bench = labo_fairseq.cli:bench",
+            "labo-install-fairseq = labo_fairseq.cli:install_fairseq",
         ],
     },
 )

@@ -62,6 +62,26 @@ if [[ -n $offline ]]; then
     echo "[setup_env] offline: installing from $offline only"
 fi
 PIP=("$PY" -m pip --disable-pip-version-check --quiet)
+# pip install "$@". pip's check of the whole environment afterwards reports fairseq 0.12.2's own
+# pins (hydra-core<1.1, omegaconf<2.1, torchaudio) as an "ERROR" with exit status 0: they are unmet
+# on purpose (fairseq is installed with --no-deps and runs with the pinned newer versions), so those
+# lines become one note; every other line of pip's, other conflicts included, is shown as it is.
+pip_install() {
+    local status=0
+    "${PIP[@]}" install "$@" 2> "$tmp/pip-stderr" || status=$?
+    awk '{ line[NR] = $0 }
+         /^fairseq 0\.12\.2 requires / { ours[NR] = 1; n++; next }
+         / requires .*(incompatible|not installed)\.$/ { others++ }
+         END {
+             for (i = 1; i <= NR; i++) {
+                 if (i in ours) continue
+                 if (n && !others && line[i] ~ /^ERROR: pip.s dependency resolver does not currently take/) continue
+                 print line[i] > "/dev/stderr"
+             }
+             if (n) print "[setup_env] note: pip reports fairseq 0.12.2'"'"'s own pins (hydra-core<1.1, omegaconf<2.1, torchaudio) as unmet; that is intended (it runs with the versions pinned here)"
+         }' "$tmp/pip-stderr"
+    return $status
+}
 
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 # step NAME KEY: true when the stamp of step NAME does not match KEY (the step must run)
@@ -98,17 +118,21 @@ if step_needed requirements "$key"; then
             pip_args=(-r "$tmp/requirements.txt")
         fi
     fi
-    echo "[setup_env] installing pinned requirements ($requirements)"
-    "${PIP[@]}" install "${pip_args[@]}"
+    count=$(grep -cvE '^[[:space:]]*(#|-|$)' "$requirements" || true)
+    big=$(grep -oiE '^(torch|numpy|sacrebleu|sentencepiece|matplotlib|hydra-core)==[^ ;#]+' "$requirements" \
+          | grep -viE "$([[ $mode != venv ]] && echo '^torch=' || echo '^$')" | paste -sd' ' || true)
+    echo "[setup_env] installing the $count pinned packages of $requirements${big:+ ($big, ...)}$([[ $mode != venv ]] && echo ", keeping torch $torch_version"); a few minutes on a new environment"
+    pip_install "${pip_args[@]}"
     step_done requirements "$key"
 fi
 
 if [[ $fairseq == yes ]]; then
     # rebuilt when the patch, the build scripts or what it compiles against changes
-    key=$( (cat "patches/fairseq-0.12.2.patch" scripts/install_fairseq.sh;
+    key=$( (cat "patches/fairseq-0.12.2.patch" scripts/install_fairseq.sh labo_fairseq/install.py;
             "$PY" -c 'import torch, numpy, Cython, setuptools; print(torch.__version__, numpy.__version__, Cython.__version__, setuptools.__version__)') \
           | sha256sum | cut -d' ' -f1)
     if step_needed fairseq "$key"; then
+        echo "[setup_env] building fairseq 0.12.2 from its sdist with patches/fairseq-0.12.2.patch (about a minute)"
         bash scripts/install_fairseq.sh --python "$PY"
         step_done fairseq "$key"
     fi
@@ -116,8 +140,8 @@ fi
 
 key=$(hash_of setup.py pyproject.toml)
 if step_needed labo_fairseq "$key"; then
-    echo "[setup_env] installing labo_fairseq (editable)"
-    "${PIP[@]}" install --no-deps --no-build-isolation -e .
+    echo "[setup_env] installing labo_fairseq (editable, --no-deps) and its console commands"
+    pip_install --no-deps --no-build-isolation -e .
     check="import labo_fairseq; print('[setup_env] ok: labo_fairseq', labo_fairseq.__version__"
     [[ $fairseq == yes ]] && check="import torch, fairseq; $check, '| torch', torch.__version__, '| fairseq', fairseq.__version__"
     "$PY" -c "$check)"

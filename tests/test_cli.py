@@ -11,7 +11,8 @@ from labo_fairseq.data_prep import common, iwslt14, multi30k, wmt14
 from labo_fairseq.evaluation import evaluate
 from tests.toy import BIN_DIR, REPO_ROOT, run_cli
 
-COMMANDS = ["labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"]
+COMMANDS = ["labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench",
+            "labo-install-fairseq"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -69,12 +69,18 @@ def test_wheel_has_commands_recipes_and_dependency_bounds(wheel):
     for recipe in ("multi30k-cpu", "multi30k-gpu", "iwslt14-de-en", "wmt14-en-de"):
         assert f"labo_fairseq/recipes/{recipe}.toml" in names
     assert "labo_fairseq/cli/__init__.py" in names and "labo_fairseq/evaluation/evaluate.py" in names
-    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"):
+    # the fairseq installer and its patch: a wheel needs no checkout to get the patched fairseq
+    assert "labo_fairseq/install.py" in names and "labo_fairseq/patches/fairseq-0.12.2.patch" in names
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("labo_fairseq/patches/fairseq-0.12.2.patch") == \
+            (REPO_ROOT / "patches" / "fairseq-0.12.2.patch").read_bytes()
+    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench",
+                    "labo-install-fairseq"):
         assert f"{command} = labo_fairseq.cli:" in entry_points
     requires = [line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist: ")]
     assert "torch>=2.1" in requires  # a lower bound: any installed build (CUDA or CPU) satisfies it
     assert not [r for r in requires if "==" in r.split(";")[0]], requires
-    assert not [r for r in requires if r.startswith("fairseq")]  # installed by install_fairseq.sh
+    assert not [r for r in requires if r.startswith("fairseq")]  # installed by labo-install-fairseq
     for extra in ("gpu", "eval", "ivon", "test"):
         assert f"Provides-Extra: {extra}" in metadata
     assert any(r.startswith("triton") and 'extra == "gpu"' in r for r in requires)

@@ -8,6 +8,11 @@ around `python -m labo_fairseq.cli COMMAND`.
     labo-report RUN_DIR... --out DIR            comparison report (labo_fairseq.evaluation.report)
     labo-experiment RECIPE ...                  the whole pipeline (labo_fairseq.experiment)
     labo-bench {loss,train,kernels} ...         benchmarks (labo_fairseq.benchmarks)
+    labo-install-fairseq [--python PY] ...      the patched fairseq 0.12.2 (labo_fairseq.install)
+
+The commands that run fairseq (labo-prepare, labo-evaluate, labo-experiment, labo-bench train)
+first check that the patched fairseq is installed (labo_fairseq.require_fairseq) and otherwise stop
+with one line naming labo-install-fairseq, before any work; their --help works without it.
 
 Each function takes argv (default: sys.argv[1:]) and the program name shown in messages, and
 returns the exit status.
@@ -26,9 +31,20 @@ def _argv(argv: Optional[Sequence[str]]) -> List[str]:
     return list(sys.argv[1:] if argv is None else argv)
 
 
+def _asks_for_help(argv: Sequence[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def _fairseq_missing(prog: str) -> int:
+    """0 when the patched fairseq is installed; else prints `PROG: error: ...` and returns 2."""
+    from labo_fairseq.install import require_fairseq
+    return run_command(prog, require_fairseq)
+
+
 def _subcommand(argv: Optional[Sequence[str]], prog: str, choices: Sequence[str], package: str,
-                kind: str, description: str) -> int:
-    """`PROG CHOICE [options]`: runs labo_fairseq.PACKAGE.CHOICE's main(argv, prog="PROG CHOICE")."""
+                kind: str, description: str, needs_fairseq: Sequence[str] = ()) -> int:
+    """`PROG CHOICE [options]`: runs labo_fairseq.PACKAGE.CHOICE's main(argv, prog="PROG CHOICE");
+    the choices in needs_fairseq first check for the patched fairseq (not for --help)."""
     argv = _argv(argv)
     usage = f"usage: {prog} {{{','.join(choices)}}} [options]   ({prog} {kind.upper()} --help for the options)"
     if not argv or argv[0] in ("-h", "--help"):
@@ -38,16 +54,24 @@ def _subcommand(argv: Optional[Sequence[str]], prog: str, choices: Sequence[str]
         print(f"{usage}\n{prog}: error: unknown {kind} {argv[0]!r} (choose from {', '.join(choices)})",
               file=sys.stderr)
         return 2
+    if argv[0] in needs_fairseq and not _asks_for_help(argv[1:]):
+        status = _fairseq_missing(f"{prog} {argv[0]}")
+        if status:
+            return status
     module = importlib.import_module(f"labo_fairseq.{package}.{argv[0]}")
     return module.main(argv[1:], prog=f"{prog} {argv[0]}") or 0
 
 
 def prepare(argv: Optional[Sequence[str]] = None, prog: str = "labo-prepare") -> int:
+    # fairseq-preprocess makes the binary data: checked before tokenising and learning subwords
     return _subcommand(argv, prog, DATASETS, "data_prep", "dataset",
-                       "Prepares a translation benchmark into text and fairseq binary data.")
+                       "Prepares a translation benchmark into text and fairseq binary data.",
+                       needs_fairseq=DATASETS)
 
 
 def evaluate(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> int:
+    if _argv(argv) and not _asks_for_help(_argv(argv)) and _fairseq_missing(prog):
+        return 2
     from labo_fairseq.evaluation import evaluate as module
     return run_command(prog, lambda: module.main(_argv(argv), prog=prog),
                        interrupted="fairseq-generate was stopped; OUT_DIR holds no results, run it again")
@@ -89,14 +113,29 @@ def experiment(argv: Optional[Sequence[str]] = None, prog: str = "labo-experimen
     from labo_fairseq import experiment as module
     argv = _argv(argv)
     takes_value = {"--out", "--data-dir", "--jobs"}
+    recipe = None
     for i, arg in enumerate(argv):
         if not arg.startswith("-") and (i == 0 or argv[i - 1] not in takes_value):
-            argv[i] = resolve_recipe(arg)
+            argv[i] = recipe = resolve_recipe(arg)
             break
-    if argv and argv[0] in ("-h", "--help"):
+    if _asks_for_help(argv):
         names = ", ".join(sorted(packaged_recipes()))
-        print(f"Packaged recipes ({prog} NAME): {names}\n")
+        return _with_epilog(lambda: module.main(argv, prog=prog), f"\nPackaged recipes ({prog} NAME): {names}")
+    # a usage error (no recipe) is argparse's to report; a run, --dry-run included, needs fairseq
+    if recipe is not None and _fairseq_missing(prog):
+        return 2
     return module.main(argv, prog=prog)
+
+
+def _with_epilog(show_help, epilog: str) -> int:
+    """Runs show_help() (an argparse --help, which exits 0), then prints epilog after its text."""
+    try:
+        status = show_help()
+    except SystemExit as done:
+        status = done.code
+    if not status:
+        print(epilog)
+    return status or 0
 
 
 BENCHMARKS = ("loss", "train", "kernels")
@@ -107,8 +146,14 @@ def bench(argv: Optional[Sequence[str]] = None, prog: str = "labo-bench") -> int
                        "loss: the loss op against fairseq's label smoothing (and peer kernels on CUDA), "
                        "--model for the roofline model; kernels: offline GPU compile report of the Triton "
                        "kernels (registers, spills, SASS per element; no GPU needed); "
-                       "train: fairseq-train words/s and peak memory, LS vs LABO."))
+                       "train: fairseq-train words/s and peak memory, LS vs LABO.",
+                       needs_fairseq=("train",)))
+
+
+def install_fairseq(argv: Optional[Sequence[str]] = None, prog: str = "labo-install-fairseq") -> int:
+    from labo_fairseq import install
+    return install.main(_argv(argv), prog=prog)
 
 
 COMMANDS = {"prepare": prepare, "evaluate": evaluate, "longtail": longtail, "report": report,
-            "experiment": experiment, "bench": bench}
+            "experiment": experiment, "bench": bench, "install-fairseq": install_fairseq}
