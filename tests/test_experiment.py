@@ -184,7 +184,8 @@ def test_best_checkpoint_is_chosen_by_nll_loss(tmp_path):
     recipe.write_text('[data]\ndata_bin = "d"\ntrain_target = "t"\n[evaluate]\ncheckpoint = "best"\n'
                       '[[methods]]\nkind = "ls"\n')
     loaded = load_recipe(recipe)
-    assert loaded.train_args[-2:] == ["--best-checkpoint-metric", "nll_loss"]
+    i = loaded.train_args.index("--best-checkpoint-metric")
+    assert loaded.train_args[i:i + 2] == ["--best-checkpoint-metric", "nll_loss"]
     assert checkpoint_description(loaded) == "checkpoint_best.pt (lowest validation nll_loss)"
 
 
