@@ -175,7 +175,81 @@ def _significance(group: dict, base: dict, subset: str, n_samples: int) -> dict:
         out[key] = significance.compare(system, baseline, refs, key, lowercase, n_samples)
     out["identical"] = out["sacrebleu"]["identical"]
     out["verdict"] = significance.verdict(out["sacrebleu"])
+    out["verdict_text"] = significance.verdict_text(out["sacrebleu"])
     return out
+
+
+# --------------------------------------------------------------------------------- sanity checks
+
+LENGTH_RATIO_RANGE = (0.5, 2.0)
+MAX_TER = 100.0
+MIN_BLEU = 1.0
+NOT_COMPARABLE = "its scores are not comparable with the other runs'"
+
+
+def _sacrebleu_length_ratio(run: Run, subset: str) -> Optional[float]:
+    """hyp/ref length as sacreBLEU's BLEU counts it (scores.json's sacrebleu.length_ratio; for a
+    scores.json written before it was recorded, recomputed from hyp.detok.txt and the reference)."""
+    evaluation = run.evals[subset]
+    sacre = evaluation.scores.get("sacrebleu") or {}
+    if isinstance(sacre.get("length_ratio"), (int, float)):
+        return float(sacre["length_ratio"])
+    from sacrebleu.metrics import BLEU
+
+    refs = read_lines(evaluation.reference_file, "reference file", allow_empty=False)
+    hyps = _hyps(run, subset)
+    if len(hyps) != len(refs):
+        return None   # the significance test names this error
+    result = BLEU(lowercase=evaluation.lowercase).corpus_score(hyps, [refs])
+    return result.sys_len / result.ref_len if result.ref_len else None
+
+
+def sanity_warnings(runs: Sequence[Run], subsets: Sequence[str]) -> List[dict]:
+    """Scores that say the model or its decoding is broken, per run and test set: sacreBLEU's
+    length ratio outside [0.5, 2], TER > 100, empty hypotheses, sacreBLEU < 1.
+
+    Each warning: {"run" (directory), "name" (label and seed), "subset", "check" ("length_ratio" |
+    "ter" | "empty_hypotheses" | "bleu"), "value", "limit", "text" (one line naming the run, the
+    test set, the value and what it suggests)}."""
+    warnings = []
+    for run in runs:
+        for subset in subsets:
+            scores = run.evals[subset].scores
+            where = f"{run.name} ({run.path}) on {subset}"
+
+            def add(check, value, limit, text):
+                warnings.append({"run": str(run.path), "name": run.name, "subset": subset, "check": check,
+                                 "value": value, "limit": limit, "text": f"{where}: {text}"})
+
+            ratio = _sacrebleu_length_ratio(run, subset)
+            low, high = LENGTH_RATIO_RANGE
+            if ratio is not None and ratio > high:
+                add("length_ratio", ratio, [low, high],
+                    f"length ratio {ratio:.2f} (hyp/ref, sacreBLEU) is above {high:g}: the output is far longer "
+                    f"than the reference (repetition, no end of sentence); the model is probably undertrained "
+                    f"or decoding is broken; {NOT_COMPARABLE}")
+            elif ratio is not None and ratio < low:
+                add("length_ratio", ratio, [low, high],
+                    f"length ratio {ratio:.2f} (hyp/ref, sacreBLEU) is below {low:g}: the output is far shorter "
+                    f"than the reference; the model is probably undertrained or decoding stops early; "
+                    f"{NOT_COMPARABLE}")
+            ter = (scores.get("ter") or {}).get("score")
+            if isinstance(ter, (int, float)) and ter > MAX_TER:
+                add("ter", float(ter), MAX_TER,
+                    f"TER {ter:.1f} is above {MAX_TER:g} (more edits than reference words): the output is "
+                    f"mostly wrong or far too long; the model is probably undertrained; {NOT_COMPARABLE}")
+            hyps = _hyps(run, subset)
+            empty = sum(not line.strip() for line in hyps)
+            if empty:
+                add("empty_hypotheses", empty, 0,
+                    f"{empty} of {len(hyps)} hypotheses are empty: the model ends sentences at once (probably "
+                    f"undertrained) or decoding failed on them; the empty lines score zero")
+            bleu = (scores.get("sacrebleu") or {}).get("score")
+            if isinstance(bleu, (int, float)) and bleu < MIN_BLEU:
+                add("bleu", float(bleu), MIN_BLEU,
+                    f"sacreBLEU {bleu:.2f} is below {MIN_BLEU:g}: the output barely overlaps the reference; the "
+                    f"model is probably undertrained (or the wrong reference was scored); {NOT_COMPARABLE}")
+    return warnings
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -195,12 +269,14 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
                                                  {"mean", "std", "n", "values"} | None,
                                              "delta": {"bleu", "sacrebleu", "chrf"} | None,
                                              "significance": None | {"baseline", "seeds", "baseline_seeds",
-                                                 "identical", "verdict", "sacrebleu" | "chrf": significance.compare()}}},
+                                                 "identical", "verdict", "verdict_text" (with p),
+                                                 "sacrebleu" | "chrf": significance.compare()}}},
                       "verdict": None | significance.summarize_verdicts() over the subsets,
                       # the first subset's numbers, for callers that print one test set:
                       "bleu", "sacrebleu", "chrf", "ter", "length_ratio", "rare_f1", "delta", "significance"},
                      ...],   # the main baseline first
-         "failed": {run name: reason}, "figures": {png name: figure_info}, "files": {...}}
+         "failed": {run name: reason}, "figures": {png name: figure_info}, "files": {...},
+         "warnings": sanity_warnings(): [{"run", "name", "subset", "check", "value", "limit", "text"}, ...]}
 
     `subset` (one name) is accepted for older callers; `failed` lists runs that did not finish
     (run directories holding a FAILED file are added to it instead of being read).
@@ -232,6 +308,7 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
     main, pairing = _choose_baselines(groups, baseline)
     ordered = ([main] if main else []) + [g for g in groups if g is not main]
     level = runs[0].evals[subsets[0]].longtail.get("level")
+    warnings = sanity_warnings(runs, subsets)
 
     methods = []
     for group in ordered:
@@ -250,7 +327,7 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
                 numbers["significance"] = _significance(group, base, s, bootstrap_samples)
             entry["by_subset"][s] = numbers
         entry["verdict"] = (significance.summarize_verdicts(
-            [entry["by_subset"][s]["significance"]["verdict"] for s in subsets]) if base is not None else None)
+            [entry["by_subset"][s]["significance"]["sacrebleu"] for s in subsets]) if base is not None else None)
         entry.update({key: entry["by_subset"][subsets[0]][key]
                       for key in ("bleu", "sacrebleu", "chrf", "ter", "length_ratio", "rare_f1", "delta",
                                   "significance")})
@@ -279,7 +356,7 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
             "rare_range": [1, rare_below],
             "test": {"description": significance.describe(bootstrap_samples), "samples": bootstrap_samples,
                      "alpha": significance.ALPHA, "sided": "two-sided", "metric": "sacrebleu"},
-            "methods": methods, "failed": failed,
+            "methods": methods, "failed": failed, "warnings": warnings,
             "figures": {name: figure_info(path) for name, path in figures.items()},
             "files": {"markdown": str(out_dir / "REPORT.md"), "html": str(out_dir / "REPORT.html"),
                       "json": str(out_dir / "report.json"),
@@ -445,14 +522,26 @@ def _test_set_name(runs: Sequence[Run], subset: str) -> str:
     return subset
 
 
-def _verdict_line(method: dict) -> str:
+def _flagged_runs(method: dict, headline: Optional[dict]) -> int:
+    """How many runs of the method and of its baseline have a sanity warning."""
+    if not headline or not headline.get("warnings"):
+        return 0
+    flagged = {w["run"] for w in headline["warnings"]}
+    base = next((m for m in headline["methods"] if m["label"] == method.get("baseline")), None)
+    return len(flagged & set(method.get("runs", []) + (base.get("runs", []) if base else [])))
+
+
+def _verdict_line(method: dict, headline: Optional[dict] = None) -> str:
     verdict = method["verdict"]
     deltas = [method["by_subset"][s]["delta"]["sacrebleu"] for s in method["by_subset"]]
     mean_delta = sum(deltas) / len(deltas)
     # "BETTER — better on 3 of 4 ..." stresses a clear outcome; other outcomes are stated once
     head = f"{verdict['word'].upper()} — " if verdict["word"] in ("better", "worse", "mixed") else ""
+    flagged = _flagged_runs(method, headline)
+    caveat = f" (caution: {flagged} run(s) behind it fail the sanity checks; see the warnings)" if flagged else ""
     return (f"{method['label']} vs {method['baseline']}: {head}{verdict['text']}; "
-            f"mean Δ sacreBLEU {mean_delta:+.2f} over {verdict['of']} test set{'s' if verdict['of'] != 1 else ''}")
+            f"mean Δ sacreBLEU {mean_delta:+.2f} over {verdict['of']} test set{'s' if verdict['of'] != 1 else ''}"
+            f"{caveat}")
 
 
 def _sections(headline: dict, groups: List[dict], runs: List[Run], pairing: Dict[str, dict],
@@ -466,9 +555,16 @@ def _sections(headline: dict, groups: List[dict], runs: List[Run], pairing: Dict
     compared = [m for m in methods if m["verdict"]]
     if compared:
         items.append(("p", "**Verdict** (sacreBLEU on every test set, all seeds, two-sided paired bootstrap):"))
-        items.append(("list", [_verdict_line(m) for m in compared]))
+        items.append(("list", [_verdict_line(m, headline) for m in compared]))
     else:
         items.append(("p", "No comparison: there is no baseline group (method \"ls\") or no other group."))
+    if headline.get("warnings"):
+        runs_named = sorted({w["run"] for w in headline["warnings"]})
+        items.append(("p", f"**Warning: the scores of {len(runs_named)} run(s) look broken** (sanity checks: "
+                           f"sacreBLEU length ratio within [{LENGTH_RATIO_RANGE[0]:g}, {LENGTH_RATIO_RANGE[1]:g}], "
+                           f"TER ≤ {MAX_TER:g}, no empty hypotheses, sacreBLEU ≥ {MIN_BLEU:g}); verdicts that "
+                           f"involve them say little:"))
+        items.append(("list", [w["text"] for w in headline["warnings"]]))
     if headline["failed"]:
         items.append(("p", f"**{len(headline['failed'])} run(s) failed** and are not in the numbers below: "
                            f"{', '.join(headline['failed'])} (see \"Failed runs\")."))
@@ -510,7 +606,7 @@ def _sections(headline: dict, groups: List[dict], runs: List[Run], pairing: Dict
                          _fmt_delta(delta.get("sacrebleu")), _p_cell(sig, "sacrebleu"),
                          _fmt(numbers["chrf"]), _fmt_delta(delta.get("chrf")), _p_cell(sig, "chrf"),
                          _fmt(numbers["ter"]), _fmt(numbers["length_ratio"], 3), _fmt(numbers["rare_f1"], 3),
-                         (f"{sig['verdict']} vs {sig['baseline']}" if sig else "baseline" if m["label"] == headline["baseline"] else DASH)])
+                         (_verdict_cell(sig) if sig else "baseline" if m["label"] == headline["baseline"] else DASH)])
         items.append(("table", (headers, rows)))
         detail = []
         for m in methods:
@@ -604,6 +700,15 @@ def _p_cell(sig: Optional[dict], key: str) -> str:
         return DASH
     result = sig[key]
     return "identical (p = 1)" if result["identical"] else _fmt_p(result["bootstrap"]["p_value"])
+
+
+def _verdict_cell(sig: dict) -> str:
+    """'better vs LS (p = 0.003)', 'no significant difference vs LS (p = 1.00)', 'identical vs LS'."""
+    if sig.get("identical"):
+        return f"identical vs {sig['baseline']}"
+    boot = (sig.get("sacrebleu") or {}).get("bootstrap") or {}
+    p = f" (p = {significance.format_p(boot['p_value'])})" if boot.get("p_value") is not None else ""
+    return f"{sig['verdict']} vs {sig['baseline']}{p}"
 
 
 def _log_tail(reason: str, lines: int = 8) -> Optional[str]:
@@ -721,14 +826,17 @@ def format_headline(headline: dict) -> str:
             delta = (numbers.get("delta") or {}).get("sacrebleu")
             rows.append([m["label"], len(m["seeds"]), _fmt(numbers["bleu"]), _fmt(numbers["sacrebleu"]),
                          _fmt_delta(delta), _p_cell(sig, "sacrebleu") if sig and "sacrebleu" in sig else DASH,
-                         _fmt(numbers["chrf"]), sig["verdict"] if sig and "verdict" in sig else DASH])
+                         _fmt(numbers["chrf"]), _verdict_cell(sig) if sig and "verdict" in sig else DASH])
         blocks.append(f"{s}:\n" + tabulate(rows, headers=["method", "seeds", "BLEU (tok.)", "sacreBLEU", "Δ sacreBLEU",
                                                            "p (sacreBLEU)", "chrF", "verdict"],
                                            tablefmt="simple", disable_numparse=True))
-    verdicts = [_verdict_line(m) for m in headline["methods"] if m.get("verdict")]
+    verdicts = [_verdict_line(m, headline) for m in headline["methods"] if m.get("verdict")]
     if verdicts:
-        blocks.append("verdict (two-sided paired bootstrap over all seeds, p < 0.05):\n" +
+        blocks.append(f"verdict (sacreBLEU; two-sided {significance.TEST_NAME}; significant: "
+                      f"p < {significance.ALPHA:g}):\n" +
                       "\n".join(f"  {line}" for line in verdicts))
+    if headline.get("warnings"):
+        blocks.append("\n".join(f"warning: {w['text']}" for w in headline["warnings"]))
     if headline.get("failed"):
         blocks.append("failed runs (not in the numbers): " + ", ".join(headline["failed"]))
     return "\n\n".join(blocks)

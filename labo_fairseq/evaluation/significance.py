@@ -117,8 +117,25 @@ def compare(system: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]], 
     return result
 
 
+TEST_NAME = "paired bootstrap over seeds and sentences"
+
+
+def format_p(p: float, alpha: float = ALPHA) -> str:
+    """p rounded for reading (two decimals from 0.1, three from 0.001, else two significant
+    digits), with more digits where rounding would put it on the other side of `alpha` (0.04995
+    is "0.04995", not "0.050")."""
+    text = f"{p:.2f}" if p >= 0.1 else f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
+    digits = 2
+    while (float(text) < alpha) != (p < alpha) and digits < 17:
+        digits += 1
+        text = f"{p:.{digits}g}"
+    return text
+
+
 def verdict(result: dict, alpha: float = ALPHA) -> str:
-    """'identical', 'better', 'worse' or 'no significant difference' (by the bootstrap p-value)."""
+    """'identical', 'better', 'worse' or 'no significant difference' (by the bootstrap p-value).
+
+    'identical' only when the outputs are the same line for line (`identical_outputs`)."""
     if result["identical"]:
         return "identical"
     if result["bootstrap"]["p_value"] < alpha:
@@ -126,12 +143,43 @@ def verdict(result: dict, alpha: float = ALPHA) -> str:
     return "no significant difference"
 
 
-def summarize_verdicts(verdicts: Sequence[str], alpha: float = ALPHA) -> dict:
-    """Counts over test sets and the one-line wording, e.g. 'worse on 4 of 4 test sets'."""
-    m = len(verdicts)
+def verdict_text(result: dict, alpha: float = ALPHA) -> str:
+    """The verdict of one comparison with its p-value, worded so that it never contradicts p:
+    'better (p = 0.003 < 0.05, two-sided paired bootstrap over seeds and sentences)',
+    'no significant difference (p = 1.00, two-sided ...)', 'identical (the same outputs; p = 1, nothing to
+    test)'."""
+    word = verdict(result, alpha)
+    if word == "identical":
+        return "identical (the same outputs; p = 1, nothing to test)"
+    p = result["bootstrap"]["p_value"]
+    bound = f" < {alpha:g}" if word in ("better", "worse") else ""
+    return f"{word} (p = {format_p(p, alpha)}{bound}, two-sided {TEST_NAME})"
+
+
+def summarize_verdicts(results: Sequence[dict], alpha: float = ALPHA) -> dict:
+    """Counts over test sets and the one-line wording, e.g. 'worse on 4 of 4 test sets (p < 0.05,
+    two-sided: p = 0.001, 0.002, 0.001, 0.004)'. `results`: one `compare` result per test set.
+
+    Only a count of significant results carries "p < alpha"; the others state their p-values, and
+    'identical' needs identical outputs."""
+    m = len(results)
+    verdicts = [verdict(r, alpha) for r in results]
+    p_values = {key: [r["bootstrap"]["p_value"] for r, v in zip(results, verdicts) if v == key]
+                for key in ("better", "worse", "no significant difference")}
     counts = {key: sum(v == key for v in verdicts)
               for key in ("better", "worse", "no significant difference", "identical")}
-    parts = [f"{key} on {count} of {m} test set{'s' if m != 1 else ''}" for key, count in counts.items() if count]
+    parts = []
+    for key, count in counts.items():
+        if not count:
+            continue
+        of = f"{key} on {count} of {m} test set{'s' if m != 1 else ''}"
+        listed = ", ".join(format_p(p, alpha) for p in p_values.get(key, []))
+        if key in ("better", "worse"):
+            parts.append(f"{of} (p < {alpha:g}, two-sided: p = {listed})")
+        elif key == "no significant difference":
+            parts.append(f"{of} (p = {listed}, two-sided)")
+        else:
+            parts.append(f"{of} (the same outputs; p = 1, nothing to test)")
     if counts["better"] == m:
         word = "better"
     elif counts["worse"] == m:
@@ -146,9 +194,12 @@ def summarize_verdicts(verdicts: Sequence[str], alpha: float = ALPHA) -> dict:
         word = "mixed"
     else:
         word = "no significant difference"
+    text = ", ".join(parts)
+    if counts["identical"] < m:
+        text += f"; {TEST_NAME}"
     return {"better": counts["better"], "worse": counts["worse"],
             "no_difference": counts["no significant difference"], "identical": counts["identical"],
-            "of": m, "word": word, "text": f"{', '.join(parts)} (p < {alpha:g}, two-sided)"}
+            "of": m, "word": word, "text": text}
 
 
 def describe(n_samples: int, metric_names: Optional[List[str]] = None) -> str:
@@ -160,6 +211,6 @@ def describe(n_samples: int, metric_names: Optional[List[str]] = None) -> str:
             f"p = (1 + #{{|Δ* − Δ| ≥ |Δ|}}) / ({n_samples} + 1); approximate randomization (seeds paired in "
             f"order, outputs swapped per sentence; conditional on the seeds) as a second two-sided test when "
             f"both have as many seeds. "
-            f"Verdicts use the bootstrap at p < {ALPHA:g}. Identical outputs are reported as 'identical' "
-            f"(p = 1). Why pooled: one seed pair ignores seed variance; a t-test over 2–3 seeds ignores "
-            f"sentence variance and has almost no power.")
+            f"Verdicts use the bootstrap at p < {ALPHA:g} and state its p-value; only outputs that are the same "
+            f"line for line are reported as 'identical' (p = 1). Why pooled: one seed pair ignores seed "
+            f"variance; a t-test over 2–3 seeds ignores sentence variance and has almost no power.")

@@ -147,7 +147,9 @@ def test_headline_numbers_and_seed_pooled_significance(report):
 def test_markdown_has_verdict_tables_and_failed_run(report):
     out, _ = report
     markdown = (out / "REPORT.md").read_text()
-    assert "- LABO τ=1.25 vs LS: BETTER — better on 1 of 1 test set (p < 0.05, two-sided)" in markdown
+    p = json.loads((out / "report.json").read_text())["methods"][1]["significance"]["sacrebleu"]["bootstrap"]["p_value"]
+    assert (f"- LABO τ=1.25 vs LS: BETTER — better on 1 of 1 test set (p < 0.05, two-sided: "
+            f"p = {significance.format_p(p)}); paired bootstrap over seeds and sentences") in markdown
     assert "| LS " in markdown and "31.00 ± 1.41" in markdown and "33.50 ± 0.71" in markdown
     # p column next to the metric it tests, actual scores in the significance details
     header = next(line for line in markdown.splitlines() if line.startswith("| Method") and "Δ sacreBLEU" in line)
@@ -219,8 +221,11 @@ def test_significantly_worse_method_says_worse_on_every_test_set(tmp_path):
         sig = labo["by_subset"][s]["significance"]
         assert sig["verdict"] == "worse" and sig["sacrebleu"]["delta"] < 0 and sig["sacrebleu"]["bootstrap"]["ci"][1] < 0
         assert sig["sacrebleu"]["ar"] is None    # 3 seeds against 2: no seed pairing for randomization
+    p_values = [significance.format_p(labo["by_subset"][s]["significance"]["sacrebleu"]["bootstrap"]["p_value"])
+                for s in subsets]
     assert labo["verdict"] == {"better": 0, "worse": 2, "no_difference": 0, "identical": 0, "of": 2, "word": "worse",
-                               "text": "worse on 2 of 2 test sets (p < 0.05, two-sided)"}
+                               "text": f"worse on 2 of 2 test sets (p < 0.05, two-sided: p = {', '.join(p_values)}); "
+                                       f"paired bootstrap over seeds and sentences"}
     markdown = (tmp_path / "report" / "REPORT.md").read_text()
     assert "LABO τ=1.25 vs LS: WORSE — worse on 2 of 2 test sets" in markdown
     assert "## Test set test" in markdown and "## Test set test1" in markdown
