@@ -253,7 +253,7 @@ def verify(python: str, patch: Path) -> str:
     if proc.returncode != 0:
         raise InstallError(f"the installed fairseq does not import:\n{proc.stderr.strip()[-2000:]}")
     words = (proc.stdout.strip().splitlines() or [""])[-1].split()
-    version, patched = (words + ["?", "False"])[:2] if len(words) != 2 else words
+    version, patched = words if len(words) == 2 else ("?", "False")
     if version != FAIRSEQ_VERSION or patched != "True":
         raise InstallError(f"{python} imports fairseq {version} {'with' if patched == 'True' else 'without'} "
                            f"{patch.name}")
@@ -266,9 +266,11 @@ def install(python: str, sdist: Optional[Path], build_requirements: bool = True)
         raise InstallError(f"--sdist {sdist} does not exist")
     if build_requirements:
         install_build_requirements(python)
-    elif missing_modules(python, ["torch", *BUILD_REQUIREMENTS]):
-        raise InstallError(f"{python} lacks what fairseq is compiled against: "
-                           f"{' '.join(missing_modules(python, ['torch', *BUILD_REQUIREMENTS]))}")
+    else:
+        missing = missing_modules(python, ["torch", *BUILD_REQUIREMENTS])
+        if missing:
+            raise InstallError(f"{python} lacks what fairseq is compiled against: {' '.join(missing)} "
+                               f"(run without --no-build-requirements, or install them first)")
     with tempfile.TemporaryDirectory(prefix="labo-fairseq-build-") as build:
         build = Path(build)
         if sdist is None:
@@ -296,8 +298,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-build-requirements", dest="build_requirements", action="store_false",
                         help="do not install cython, wheel, setuptools or numpy; fail if one is missing")
     parser.add_argument("--check", action="store_true",
-                        help="only say whether this interpreter has the patched fairseq (exit status 0 "
-                             "if it has, 1 if not); installs nothing")
+                        help="only say whether the interpreter (--python) has the patched fairseq (exit "
+                             "status 0 if it has, 1 if not); installs nothing")
     return parser
 
 
