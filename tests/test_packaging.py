@@ -189,3 +189,31 @@ def test_offline_wheelhouse_installs_without_an_index(tmp_path):
                 "--no-fairseq"], env=offline)
     assert "offline: installing from" in proc.stdout
     run([venv / "bin" / "python", "-c", "import tabulate, six, labo_fairseq"], cwd="/")
+
+
+def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
+    """The wheel alone, in an environment with only torch: the commands that run fairseq stop at once
+    and name labo-install-fairseq, which installs its build requirements, downloads the fairseq
+    sdist, applies the patch it ships and installs it. Before: labo-prepare tokenised and learned
+    BPE and then failed on "fairseq-preprocess not found", and labo-evaluate named
+    scripts/install_fairseq.sh, which the wheel does not ship (and which needed cython and wheel)."""
+    venv = tmp_path / "env"
+    run([BASE_PYTHON, "-m", "venv", venv])
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    run([python, "-m", "pip", "install", "-q", "torch==2.13.0"])
+    run([python, "-m", "pip", "install", "-q", wheel])
+    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
+    missing = run([python, "-c", "import importlib.util as u; print([m for m in ('Cython', 'wheel', 'fairseq') "
+                                 "if u.find_spec(m) is None])"], cwd=tmp_path).stdout.strip()
+    assert missing == "['Cython', 'wheel', 'fairseq']"  # what install_fairseq.sh needed first
+    proc = run([bin_dir / "labo-prepare", "multi30k", "--out", tmp_path / "data"], env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and not (tmp_path / "data").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"labo-prepare multi30k: error: fairseq 0.12.2 (patched) is not installed for {python}: "
+        f"run labo-install-fairseq"]
+    proc = run([bin_dir / "labo-install-fairseq"], env=env, cwd=tmp_path)
+    assert "installing the build requirements" in proc.stdout and "Cython" not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[install_fairseq] ok: fairseq 0.12.2"
+    assert run([bin_dir / "labo-install-fairseq", "--check"], env=env, cwd=tmp_path).returncode == 0
+    run([python, "-c", "import fairseq.options as o, fairseq.data.data_utils_fast; "
+                       "assert o.bf16_implies_tpu"], cwd=tmp_path)
