@@ -72,6 +72,9 @@ the others still run and are reported. Ctrl-C or SIGTERM stops every child and l
 runs; children also die if this process is killed. One pipeline at a time may use an output
 directory (OUT/.experiment.lock, removed when it exits).
 `--dry-run` prints each run's state and training command without running or writing anything.
+While runs train, a status line every minute (--progress SECONDS; 0: none) gives the runs started
+and finished, each training run's update out of its --max-update (read from its train.log), the
+time elapsed and the training time left as estimated from the update rates so far.
 """
 
 import argparse
@@ -744,16 +747,20 @@ class ChildProcesses:
         self._procs: set = set()
         self.stopping = threading.Event()
         self.active: Dict[str, RunPlan] = {}  # runs whose training is in progress
+        self.since: Dict[str, tuple] = {}  # their (start time, train.log size at the start)
 
     @contextlib.contextmanager
     def training(self, run: RunPlan):
+        log = run.run_dir / "train.log"
         with self._lock:
             self.active[run.name] = run
+            self.since[run.name] = (time.time(), log.stat().st_size if log.exists() else 0)
         try:
             yield
         finally:
             with self._lock:
                 self.active.pop(run.name, None)
+                self.since.pop(run.name, None)
 
     def training_runs(self) -> List[RunPlan]:
         with self._lock:
@@ -893,7 +900,8 @@ def gpu_slots(jobs: int) -> List[Optional[str]]:
 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _last_valid_nll(run: RunPlan) -> Optional[float]:
@@ -932,9 +940,88 @@ def resume_note(run: RunPlan) -> str:
     return f"{run.name}: resumes from its checkpoint at update {saved}{redo}"
 
 
-def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], jobs: int) -> Dict[str, dict]:
-    """Runs `runs`, up to `jobs` at once; returns {run name: {"status", "started", "finished"}}."""
+_LOADED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+
+
+def _max_update(command: Sequence[str]) -> Optional[int]:
+    values = _flag_values(command).get("--max-update")
+    try:
+        value = int(values[-1]) if values else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+class ProgressReporter:
+    """A status line every `interval` seconds while runs train: runs started and finished, each
+    training run's update (from its train.log) out of its --max-update, the time elapsed and an
+    estimate of the training time left (from the update rates so far; evaluation not included)."""
+
+    def __init__(self, recipe: Recipe, runs: Sequence[RunPlan], children: ChildProcesses, interval: float):
+        self.recipe, self.runs, self.children, self.interval = recipe, list(runs), children, interval
+        self.started_at = time.time()
+        self.started = self.finished = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if self.interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.children.stopping.is_set():
+                _say(self.status())
+
+    def _run_state(self, run: RunPlan, since: tuple, now: float):
+        """(text, updates left or None, updates per second or None) of a training run."""
+        started, offset = since
+        target = _max_update(train_command(self.recipe, run))
+        try:
+            with open(run.run_dir / "train.log", "rb") as log:
+                log.seek(offset)
+                text = log.read().decode("utf-8", errors="replace")
+        except OSError:
+            text = ""
+        loaded = _LOADED.findall(text)
+        first = int(loaded[-1]) if loaded else 0
+        seen = [int(u) for u in _UPDATES.findall(text)]
+        update = seen[-1] if seen else first
+        rate = (update - first) / (now - started) if update > first and now > started else None
+        shown = f"{run.name} update {update}" + (f"/{target}" if target else "")
+        return shown, (max(0, target - update) if target else None), rate
+
+    def status(self) -> str:
+        now = time.time()
+        with self.children._lock:
+            active = [(run, self.children.since[name]) for name, run in self.children.active.items()]
+        states = [self._run_state(run, since, now) for run, since in active]
+        parts = [f"{self.started}/{len(self.runs)} run(s) started, {self.finished} finished"]
+        parts += [text for text, _, _ in states]
+        parts.append(f"{_duration(now - self.started_at)} elapsed")
+        rates = [rate for _, _, rate in states if rate]
+        lefts = [left for _, left, _ in states]
+        target = _max_update(train_command(self.recipe, self.runs[0])) if self.runs else None
+        waiting = len(self.runs) - self.started
+        if states and rates and len(rates) == len(states) and None not in lefts and (target or not waiting):
+            # the runs still waiting train from scratch at the same speed
+            left = sum(lefts) + waiting * (target or 0)
+            parts.append(f"training left about {_duration(left / sum(rates))}")
+        return "progress: " + "; ".join(parts)
+
+
+def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], jobs: int,
+            progress_interval: float = 0.0) -> Dict[str, dict]:
+    """Runs `runs`, up to `jobs` at once; returns {run name: {"status", "started", "finished"}}.
+    With `progress_interval` > 0, a status line that often while runs train (ProgressReporter)."""
     children = ChildProcesses()
+    reporter = ProgressReporter(recipe, runs, children, progress_interval)
     results: Dict[str, dict] = {}
     slots = gpu_slots(jobs)
     free = list(range(jobs))
@@ -951,6 +1038,8 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
         try:
             if children.stopping.is_set():  # interrupted before this run started: do not announce it
                 raise Interrupted()
+            with lock:
+                reporter.started += 1
             if stream:
                 _say(f"run {run.name}")
             entry["status"] = execute_run(recipe, run, subsets, children, stream, env)
@@ -967,6 +1056,7 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
             with lock:
                 free.append(slot)
                 results[run.name] = entry
+                reporter.finished += entry.get("status") != "interrupted"
                 if entry.get("status") != "interrupted" and not children.stopping.is_set():
                     state = entry.get("status", "failed")
                     where = "" if slots[slot] is None else f" on GPU {slots[slot]}"
@@ -987,9 +1077,10 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     futures: List[concurrent.futures.Future] = []
     try:
-        futures = [pool.submit(work, run) for run in runs]
-        for future in futures:
-            future.result()
+        with reporter:
+            futures = [pool.submit(work, run) for run in runs]
+            for future in futures:
+                future.result()
     except (KeyboardInterrupt, Interrupted):
         interrupted.append(True)
         children.stopping.set()  # first: no run starts or reports after the line below
@@ -1039,7 +1130,8 @@ class OutputLock:
             self._file = None
 
 
-def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None, jobs: int = 1) -> dict:
+def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None, jobs: int = 1,
+                   progress_interval: float = 0.0) -> dict:
     """Runs everything; returns {"runs": {name: "done"|"skipped"|"failed: ..."}, "timing": ..., "report": headline|None}."""
     from labo_fairseq.evaluation.errors import EvaluationError
     from labo_fairseq.evaluation.report import build_report
@@ -1052,7 +1144,7 @@ def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None
         subsets = resolve_subsets(recipe)
         _say(f"{len(runs)} run(s), {min(jobs, len(runs))} at a time; test sets: {', '.join(subsets)}; "
              f"evaluating {checkpoint_description(recipe)}")
-        results = run_all(recipe, runs, subsets, max(1, min(jobs, len(runs))))
+        results = run_all(recipe, runs, subsets, max(1, min(jobs, len(runs))), progress_interval)
         status = {r.name: results[r.name]["status"] for r in runs}
         finished = [r.run_dir for r in runs if not status[r.name].startswith("failed")]
         failed = {name: state[len("failed: "):] for name, state in status.items() if state.startswith("failed")}
@@ -1140,9 +1232,15 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="train and evaluate up to N runs at once (default 1: one at a time, with their "
                              "output on the console); several visible GPUs are shared round-robin")
+    parser.add_argument("--progress", type=float, default=60.0, metavar="SECONDS",
+                        help="print a status line this often while runs train: runs started and finished, each "
+                             "training run's update out of --max-update, elapsed time, training time left "
+                             "(default 60; 0: none)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if not (args.progress >= 0 and math.isfinite(args.progress)):
+        parser.error(f"--progress must be a number of seconds >= 0, got {args.progress:g}")
 
     def body() -> int:
         recipe = load_recipe(args.recipe, args.data_dir)
@@ -1151,7 +1249,7 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
             runs = select_runs(plan_runs(recipe, out_dir), args.only, str(recipe.path))
             print(describe_plan(recipe, runs, out_dir))
             return 0
-        summary = run_experiment(recipe, out_dir, args.only, args.jobs)
+        summary = run_experiment(recipe, out_dir, args.only, args.jobs, args.progress)
         print(format_summary(summary))
         failed = [name for name, state in summary["runs"].items() if state.startswith("failed")]
         return EXIT_FAILED if failed or summary["report"] is None else 0

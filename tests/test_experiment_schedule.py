@@ -156,3 +156,41 @@ def test_interrupt_starts_no_further_run_and_says_what_is_redone(toy_data_bin, t
     assert len(interval) <= 1  # --keep-interval-updates 1
     assert dry_run_states(recipe, out) == {"ls-a0.1-seed1": "resume training from checkpoint_last.pt, then evaluate",
                                            "ls-a0.1-seed2": "train, then evaluate"}
+
+
+def test_progress_lines_while_runs_train_in_parallel(toy_data_bin, tmp_path):
+    from tests.test_experiment import REPO_ROOT, run_cli
+
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "ls"\n', max_update=60,
+                          seeds=(1, 2, 3))
+    proc = run_cli(["python", REPO_ROOT / "scripts" / "run_experiment.py", recipe, "--out", tmp_path / "exp",
+                    "--jobs", "2", "--progress", "1"], timeout=900)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[experiment] progress: ")]
+    assert lines, proc.stdout[-3000:]
+    pattern = (r"\[experiment\] progress: [0-3]/3 run\(s\) started, [0-3] finished"
+               r"(; ls-a0\.1-seed[123] update \d+/60)*; \d+(m\d\ds|s) elapsed(; training left about \S+)?")
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert any(re.search(r"seed\d update \d+/60; ls-a0\.1-seed\d update \d+/60", line) for line in lines), lines
+    assert any("training left about" in line for line in lines), lines
+
+
+def test_progress_estimates_the_training_left(tmp_path):
+    recipe = recipe_with_train(tmp_path, 'args = ["--max-update", "100"]\nsave_interval_updates = 0')
+    recipe.seeds = [1, 2]
+    runs = plan_runs(recipe, tmp_path / "exp")
+    children = experiment.ChildProcesses()
+    reporter = experiment.ProgressReporter(recipe, runs, children, 0)
+    runs[0].run_dir.mkdir(parents=True)
+    log = runs[0].run_dir / "train.log"
+    log.write_text("an earlier attempt: num_updates=90\n")
+    with children.training(runs[0]):
+        reporter.started = 1
+        start, offset = children.since[runs[0].name]
+        children.since[runs[0].name] = (start - 30, offset)  # resumed 30 s ago at update 20
+        with open(log, "a") as f:
+            f.write("Loaded checkpoint c/checkpoint_last.pt (epoch 1 @ 20 updates)\n"
+                    "epoch 002:  5 / 8 loss=3.1, num_updates=50\n")
+        status = reporter.status()
+    # 30 updates in 30 s: 50 left of this run and 100 of the run still waiting take about 150 s
+    assert re.fullmatch(r"progress: 1/2 run\(s\) started, 0 finished; ls-a0\.1-seed1 update 50/100; \d+s elapsed; "
+                        r"training left about 2m3\ds", status), status
