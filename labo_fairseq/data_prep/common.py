@@ -622,7 +622,7 @@ def _tool(name):
     beside_python = Path(sys.executable).parent / name
     found = str(beside_python) if beside_python.exists() else shutil.which(name)
     if not found:
-        raise PrepError(f"{name} not found (install fairseq into this environment)")
+        raise PrepError(f"{name} not found (the patched fairseq is not installed here: run labo-install-fairseq)")
     return found
 
 

@@ -29,7 +29,6 @@ directory, so that checkpoints of labo_fairseq models and criteria load.
 """
 import argparse
 import contextlib
-import importlib.util
 import os
 import re
 import subprocess
@@ -213,9 +212,11 @@ def run_generate(command: Sequence[str], out_dir: Path, total: Optional[int]) ->
 
 
 def require_fairseq() -> None:
-    if importlib.util.find_spec("fairseq_cli") is None:
-        raise EvaluationError(f"fairseq is not installed for {sys.executable}; install the patched fairseq "
-                              f"0.12.2 with scripts/install_fairseq.sh (see the README)")
+    from labo_fairseq.install import INSTALL_COMMAND, fairseq_problem
+
+    problem = fairseq_problem()
+    if problem:
+        raise EvaluationError(f"{problem}: run {INSTALL_COMMAND}")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> None:
