@@ -132,8 +132,9 @@ def progress(desc, unit="lines", total=None):
     """A tqdm bar on stderr for a person watching a long step; disabled when stderr is not a
     terminal, so logs and the tests see only the usual count lines."""
     from tqdm import tqdm
-    return tqdm(desc=desc, unit=unit, total=total, unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
-                disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True)
+    return tqdm(desc=desc, unit=unit if unit == "B" else f" {unit}", total=total, unit_scale=unit == "B",
+                unit_divisor=1024 if unit == "B" else 1000, disable=not sys.stderr.isatty(), leave=False,
+                dynamic_ncols=True)
 
 
 def map_lines(transform, lines, workers, desc=None):
@@ -142,7 +143,8 @@ def map_lines(transform, lines, workers, desc=None):
     With workers > 1 the blocks go through a process pool (the transforms are pure Python regex work,
     so threads would not help). With `desc`, shows the lines done on a terminal.
     """
-    with progress(desc or "processing") as bar:
+    total = len(lines) if hasattr(lines, "__len__") else None
+    with progress(desc or "processing", total=total) as bar:
         if workers <= 1:
             for block in _blocks(lines):
                 result = transform(block)

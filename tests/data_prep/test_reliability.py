@@ -567,3 +567,21 @@ def test_available_cpus_follows_the_affinity_mask():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no sched_getaffinity on this platform")
     assert common.available_cpus() == len(os.sched_getaffinity(0)) <= os.cpu_count()
+
+
+def test_terminal_progress_bar_shows_the_total_and_spaced_units(monkeypatch):
+    import io
+    import sys
+
+    from labo_fairseq.data_prep import common
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    out = list(common.map_lines(lambda block: [line.upper() for line in block], ["a"] * 2000, 1, desc="train.de"))
+    assert out == ["A"] * 2000
+    shown = terminal.getvalue()
+    assert "/2000 [" in shown and " lines/s" in shown, shown  # "0/2000", not a bare "2000lines"
