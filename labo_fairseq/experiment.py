@@ -961,6 +961,7 @@ class ProgressReporter:
         self.recipe, self.runs, self.children, self.interval = recipe, list(runs), children, interval
         self.started_at = time.time()
         self.started = self.finished = 0
+        self.started_names: set = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -1008,7 +1009,8 @@ class ProgressReporter:
         rates = [rate for _, _, rate in states if rate]
         lefts = [left for _, left, _ in states]
         target = _max_update(train_command(self.recipe, self.runs[0])) if self.runs else None
-        waiting = len(self.runs) - self.started
+        # runs still to start that will train (not those already trained)
+        waiting = sum(1 for r in self.runs if r.name not in self.started_names and not (r.run_dir / TRAIN_DONE).exists())
         if states and rates and len(rates) == len(states) and None not in lefts and (target or not waiting):
             # the runs still waiting train from scratch at the same speed
             left = sum(lefts) + waiting * (target or 0)
@@ -1040,6 +1042,7 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
                 raise Interrupted()
             with lock:
                 reporter.started += 1
+                reporter.started_names.add(run.name)
             if stream:
                 _say(f"run {run.name}")
             entry["status"] = execute_run(recipe, run, subsets, children, stream, env)

@@ -176,8 +176,10 @@ def test_progress_lines_while_runs_train_in_parallel(toy_data_bin, tmp_path):
 
 def test_progress_estimates_the_training_left(tmp_path):
     recipe = recipe_with_train(tmp_path, 'args = ["--max-update", "100"]\nsave_interval_updates = 0')
-    recipe.seeds = [1, 2]
+    recipe.seeds = [1, 2, 3]
     runs = plan_runs(recipe, tmp_path / "exp")
+    runs[2].run_dir.mkdir(parents=True)
+    (runs[2].run_dir / experiment.TRAIN_DONE).write_text("done\n")  # trained earlier: it will be skipped
     children = experiment.ChildProcesses()
     reporter = experiment.ProgressReporter(recipe, runs, children, 0)
     runs[0].run_dir.mkdir(parents=True)
@@ -185,12 +187,13 @@ def test_progress_estimates_the_training_left(tmp_path):
     log.write_text("an earlier attempt: num_updates=90\n")
     with children.training(runs[0]):
         reporter.started = 1
+        reporter.started_names.add(runs[0].name)
         start, offset = children.since[runs[0].name]
         children.since[runs[0].name] = (start - 30, offset)  # resumed 30 s ago at update 20
         with open(log, "a") as f:
             f.write("Loaded checkpoint c/checkpoint_last.pt (epoch 1 @ 20 updates)\n"
                     "epoch 002:  5 / 8 loss=3.1, num_updates=50\n")
         status = reporter.status()
-    # 30 updates in 30 s: 50 left of this run and 100 of the run still waiting take about 150 s
-    assert re.fullmatch(r"progress: 1/2 run\(s\) started, 0 finished; ls-a0\.1-seed1 update 50/100; \d+s elapsed; "
+    # 30 updates in 30 s: 50 left of this run and 100 of the run still to train take about 150 s
+    assert re.fullmatch(r"progress: 1/3 run\(s\) started, 0 finished; ls-a0\.1-seed1 update 50/100; \d+s elapsed; "
                         r"training left about 2m3\ds", status), status
