@@ -342,6 +342,9 @@ def _substitute(value: str, variables: Dict[str, str], where: str) -> str:
     try:
         return value.format(**variables)
     except KeyError as missing:
+        if missing.args[0] == "DATA_DIR":
+            raise RecipeError(f"{where}: {value!r} needs the raw data's directory: pass --data-dir DIR "
+                              f"(or set DATA_DIR)") from None
         raise RecipeError(f"{where}: {value!r} uses {missing}, which is not set "
                           f"(known: {', '.join(sorted(variables))})") from None
 
@@ -1225,7 +1228,8 @@ def format_summary(summary: dict) -> str:
 def main(argv=None, prog: str = "labo-experiment") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipe", help="recipe file (TOML), e.g. recipes/multi30k-cpu.toml")
+    parser.add_argument("recipe", help="recipe file (TOML) or a packaged recipe's name, e.g. multi30k-cpu; "
+                                       "the format is above (and in the README, 'Recipe format')")
     parser.add_argument("--out", help="experiment directory (default: runs/<recipe name>)")
     parser.add_argument("--data-dir", help="value of {DATA_DIR} in the recipe (default: $DATA_DIR)")
     parser.add_argument("--only", nargs="+", metavar="NAME",

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -177,6 +178,15 @@ def test_recipe_is_validated_before_anything_runs(tmp_path, text, message):
     recipe.write_text('[data]\ndata_bin = "d"\ntrain_target = "t"\n' + body + "\n")
     with pytest.raises(RecipeError, match=message):
         load_recipe(recipe)
+
+
+def test_missing_data_dir_says_to_pass_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\ndata_bin = "{DATA_DIR}/bin"\ntrain_target = "t"\n[[methods]]\nkind = "ls"\n')
+    with pytest.raises(RecipeError, match=r"needs the raw data's directory: pass --data-dir DIR \(or set DATA_DIR\)"):
+        load_recipe(recipe)
+    assert load_recipe(recipe, data_dir="/raw").data_bin == Path("/raw/bin")
 
 
 def test_best_checkpoint_is_chosen_by_nll_loss(tmp_path):
