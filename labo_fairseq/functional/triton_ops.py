@@ -3,12 +3,14 @@
 Logits op: one program per row runs stage 1 (`triton_row_stats`) and, when a gradient is
 needed, stage 2 (`triton_row_grad`) right after, while the row is still in L2, writing the
 gradient for a unit incoming gradient -- into the logits' own storage when the caller
-allows it (`inplace_grad`), else into a new buffer. Backward then only rescales it.
+allows it (`inplace_grad`), else into a new buffer. Backward then only rescales it, on the
+device and only when the incoming gradient is not 1 (`triton_scale`).
 
-Fused op: token chunks of `hidden`; per chunk the logits come from cuBLAS in the input
-dtype, the same kernel turns them into their gradient in place, and three matmuls give
-grad_hidden (written once), grad_weight and grad_bias (accumulated over chunks). Only one
-chunk of logits exists at a time.
+Fused op: token chunks of `hidden` sized by a memory budget (`token_rows`); per chunk the
+logits come from cuBLAS in the input dtype, the same kernel turns them into their gradient in
+place (ignored rows: zeros), and three matmuls give grad_hidden (written once), grad_weight
+and grad_bias (accumulated over chunks in float32, `FusedGrads`). Only one chunk of logits
+exists at a time. Nothing reads a value back to the host.
 
 float16 inputs (and the fused op's per-row reduction) do not precompute: the gradient is
 recomputed in backward so that the incoming gradient (fairseq's loss scale) is applied
