@@ -1,4 +1,4 @@
-"""A newcomer's first hour: the patched fairseq is installed by a command the wheel ships
+"""Installing from a wheel: the patched fairseq is installed by a command the wheel ships
 (labo-install-fairseq), every command that runs fairseq says so before doing any work when it is
 missing or stock, and setup_env.sh / the commands print nothing alarming or mute."""
 import os
