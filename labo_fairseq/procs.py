@@ -21,6 +21,17 @@ def child_command(command: Sequence[str]) -> List[str]:
     return [sys.executable, "-m", "labo_fairseq.procs", str(os.getpid()), *map(str, command)]
 
 
+def pid_running(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0); another user's process counts."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Asks Linux to SIGTERM this process when the thread that started it dies (SIGKILL
     included); exits at once if the parent `parent_pid` is already gone. No-op elsewhere."""

@@ -477,9 +477,9 @@ def print_model(args, shapes):
 
     from labo_fairseq.benchmarks import kernels, roofline
 
-    dtype = args.dtype if args.dtype != "float32" or "--dtype" in sys.argv else "bfloat16"
+    dtype = args.dtype
     short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype]
-    machine = roofline.Machine(name="given" if args.bandwidth != 3.35 else "H100 SXM", bandwidth=args.bandwidth * 1e12,
+    machine = roofline.Machine(bandwidth=args.bandwidth * 1e12,
                                flops=args.tflops * 1e12, sms=args.sms, clock=args.clock_ghz * 1e9)
     note = "instruction counts: offline sm_90 compile of the kernels (labo-bench kernels)"
     sass = None
@@ -509,7 +509,7 @@ def main(argv=None, prog="labo-bench loss"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="dtype of logits, hidden and weight (default: float32 on CPU, bfloat16 on CUDA)")
+                   help="dtype of logits, hidden and weight (default: float32 on CPU, bfloat16 on CUDA and with --model)")
     p.add_argument("--shapes", nargs="+", default=None, choices=list(PRESETS) + list(SHAPES),
                    help="shapes or presets (cpu: %s; gpu: %s; default: the device's preset)"
                         % (", ".join(CPU_SHAPES), ", ".join(GPU_SHAPES)))
@@ -549,7 +549,7 @@ def main(argv=None, prog="labo-bench loss"):
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
-    args.dtype = args.dtype or ("bfloat16" if on_cuda else "float32")
+    args.dtype = args.dtype or ("bfloat16" if on_cuda or args.model else "float32")
     if args.probe:
         return probe(args)
     if args.worker:

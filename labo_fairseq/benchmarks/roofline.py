@@ -24,7 +24,8 @@ from labo_fairseq.functional.triton_ops import token_rows as launcher_token_rows
 
 @dataclass(frozen=True)
 class Machine:
-    name: str = "H100 SXM"
+    """Defaults: H100 SXM."""
+
     bandwidth: float = 3.35e12  # bytes/s
     flops: float = 989e12  # dense bf16/fp16 tensor-core FLOP/s
     sms: int = 132

@@ -32,7 +32,7 @@ import zlib
 from pathlib import Path
 
 from labo_fairseq.cli.errors import EXIT_INTERRUPTED, UserError, run_command
-from labo_fairseq.procs import child_command, die_with_parent
+from labo_fairseq.procs import child_command, die_with_parent, pid_running
 from labo_fairseq.textfiles import iter_lines
 from labo_fairseq.textfiles import write_lines as _write_lines
 
@@ -604,12 +604,9 @@ def owner_alive(owner_file):
     try:
         pid, *start = Path(owner_file).read_text(encoding="utf-8").split()
         pid = int(pid)
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     except (OSError, ValueError):
+        return False
+    if not pid_running(pid):
         return False
     stat = _proc_stat(pid)
     if stat is None:

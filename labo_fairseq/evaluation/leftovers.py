@@ -2,25 +2,18 @@
 that writes them (`.generate.out.part-PID`, `.report.tmp-PID-...`). A process killed outright
 (SIGKILL, a lost machine) cannot remove them; the next run in the same place does, for processes
 that no longer run, never those of a running one, and says so."""
-import os
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Callable, List
 
+from labo_fairseq.procs import pid_running
+
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs (a reused id counts as running: its files are kept)."""
-    if pid <= 0:
-        return True   # not a single process; keep its files
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # another user's process
-    return True
+    return pid <= 0 or pid_running(pid)  # pid <= 0 is not a single process: keep its files
 
 
 def _remove(path: Path) -> bool:

@@ -4,6 +4,8 @@ from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 
+from . import _validate
+
 
 @dataclass(frozen=True)
 class LaboParams:
@@ -101,7 +103,7 @@ def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, per_row: bool) ->
     """
     if per_row:
         return grad.mul_(grad_output.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
-    if grad_output.device.type == "cpu":
+    if _validate.host_checks(grad_output.device):
         return grad if grad_output.item() == 1.0 else grad.mul_(grad_output.to(grad.dtype))
     if grad.is_cuda and (grad.is_contiguous() or (grad.dim() == 2 and grad.stride(-1) == 1)):
         try:

@@ -181,20 +181,19 @@ def _matmul_dtype(hidden):
     return hidden.dtype
 
 
-_ADDMM_OUT_DTYPE = {"works": None}  # learnt at the first call on CUDA
+_ADDMM_OUT_DTYPE = {"refused": False}  # set once torch has refused it (then never tried again)
 
 
 def _addmm_into_float32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
     """acc += a @ b in one cuBLAS call that reads and writes the float32 accumulator directly
     (addmm's out_dtype, CUDA only); False where torch cannot, and the caller adds a product."""
-    if not acc.is_cuda or _ADDMM_OUT_DTYPE["works"] is False:
+    if not acc.is_cuda or _ADDMM_OUT_DTYPE["refused"]:
         return False
     try:
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     except (RuntimeError, TypeError):
-        _ADDMM_OUT_DTYPE["works"] = False
+        _ADDMM_OUT_DTYPE["refused"] = True
         return False
-    _ADDMM_OUT_DTYPE["works"] = True
     return True
 
 
@@ -299,7 +298,6 @@ def _concat(parts) -> RowStats:
     return out
 
 
-DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = {  # what the criterion runs: LABO, LABO with accuracy, uniform LS, plain CE
     "labo": dict(TAU_INF=False, SMOOTH=True, NEED_Q=True, TRACK_ORDER=False),
     "labo+acc": dict(TAU_INF=False, SMOOTH=True, NEED_Q=True, TRACK_ORDER=True),
