@@ -938,6 +938,11 @@ def resume_note(run: RunPlan) -> str:
     saved, seen = training_progress(run.run_dir / "train.log")
     shown = f"at least {seen}" if seen is not None else "the"
     if saved is None:
+        # fairseq logs "Saved checkpoint" only after the file is in place: a kill between the two
+        # leaves a checkpoint that train.log does not mention yet.
+        if (run.checkpoints / "checkpoint_last.pt").exists():
+            return f"{run.name}: resumes from checkpoint_last.pt (saved as it was interrupted; its update is not " \
+                   f"in train.log)"
         return f"{run.name}: no checkpoint saved yet; {shown} update(s) done so far will be redone"
     redo = "" if seen is None or seen <= saved else f"; about {seen - saved} update(s) since then will be redone"
     return f"{run.name}: resumes from its checkpoint at update {saved}{redo}"

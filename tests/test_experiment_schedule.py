@@ -8,7 +8,7 @@ import pytest
 
 from labo_fairseq import experiment
 from labo_fairseq.experiment import (RecipeError, RunRefused, check_run_dir, compare_commands, load_recipe,
-                                     plan_runs, resume_note, run_state)
+                                     plan_runs, resume_note, run_state, training_progress)
 from tests.test_experiment import dry_run_states, run_experiment, start_experiment, wait_for, write_recipe
 
 
@@ -95,6 +95,11 @@ def test_resume_note_reads_the_last_saved_checkpoint_from_train_log(tmp_path):
                    "epoch 001:     25 / 122 loss=9.0, num_updates=25\n")
     assert resume_note(run) == "ls-a0.1-seed1: resumes from its checkpoint at update 20; about 5 update(s) since " \
                                "then will be redone"
+    log.write_text("epoch 001:      5 / 8 loss=9.1, num_updates=5, lr=1e-3\n")
+    run.checkpoints.mkdir()
+    (run.checkpoints / "checkpoint_last.pt").write_bytes(b"")  # written, not yet logged
+    assert resume_note(run) == "ls-a0.1-seed1: resumes from checkpoint_last.pt (saved as it was interrupted; its " \
+                               "update is not in train.log)"
 
 
 def test_raising_max_update_trains_a_finished_run_further_and_other_changes_are_refused(toy_data_bin, tmp_path):
@@ -140,7 +145,8 @@ def test_interrupt_starts_no_further_run_and_says_what_is_redone(toy_data_bin, t
     out = tmp_path / "exp"
     proc = start_experiment(recipe, out, jobs=1)
     first = out / "ls-a0.1-seed1"
-    assert wait_for(lambda: (first / "checkpoints" / "checkpoint_last.pt").exists(), 300, proc), \
+    # the log line, not the file: fairseq writes "Saved checkpoint" just after the file appears
+    assert wait_for(lambda: training_progress(first / "train.log")[0] is not None, 300, proc), \
         "training never saved a checkpoint"
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
