@@ -15,8 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from labo_fairseq.functional import labo_cross_entropy, labo_linear_cross_entropy
-from labo_fairseq.functional._validate import check_scalars
+from labo_fairseq.functional import check_scalars, labo_cross_entropy, labo_linear_cross_entropy
 
 
 class _LaboLossBase(nn.Module):

@@ -1,6 +1,6 @@
 """Compile report of the Triton kernels for a GPU architecture, without a GPU.
 
-Every kernel configuration the Triton implementation launches (`triton_ops.shipped_configs`)
+Every kernel configuration the Triton implementation launches (`_triton.configs.shipped_configs`)
 is compiled offline with Triton's compiler for the chosen architecture (sm_90 = H100/H200,
 sm_80 = A100); its PTX is assembled with the `ptxas` that ships inside the triton wheel and
 the result is disassembled with the wheel's `cuobjdump`. Per configuration the table gives:
@@ -236,7 +236,7 @@ def _run_in_a_compiling_process(arch, vocab, dtypes, with_liger, modes) -> Dict[
 def run(arch: str, vocab: int, dtypes, with_liger: bool = True, log=None, modes=None) -> Dict[str, object]:
     """Compile every shipped configuration (only those of `modes`, when given) and, with
     `with_liger`, Liger's kernel; {arch, vocab, triton, rows, notes}."""
-    from labo_fairseq.functional.triton_ops import shipped_configs
+    from labo_fairseq.functional._triton.configs import shipped_configs
 
     tools = toolchain()
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -1,4 +1,4 @@
-"""LABO loss as chunked, fused PyTorch ops (no fairseq import here).
+"""LABO loss as streamed, fused PyTorch ops (no fairseq import here).
 
 Per position with logits z in R^V, gold y, alpha in [0, 1) and tau > 0 (tau = beta / alpha,
 inf allowed):
@@ -45,11 +45,19 @@ Public API::
   the inputs' dtypes.
 * ``tau`` must be >= TAU_MIN (1e-4) or inf: below it q is a one-hot within float32
   precision anyway, and 1/tau would overflow.
-* Bad arguments raise ValueError naming the argument.
+* Bad arguments raise ValueError naming the argument; ``check_scalars(alpha, tau, reduction,
+  chunk_size)`` runs the same checks on their own (e.g. in a module's constructor) and
+  returns ``(alpha, tau)`` as floats.
 
 ``labo_cross_entropy_reference`` (dense, autograd through log_softmax) is the test oracle.
+
+Layout: ``api`` (the public ops: checks, implementation switch, reductions), ``ops`` (the two
+autograd Functions, ``LogitsLabo`` and ``FusedLabo``, shared by every implementation: token
+blocking, the projection, when gradients are computed), ``params`` (``LaboParams``, the
+per-row ``RowResults``), ``backends`` (registry: implementation name -> per-row stages),
+``_torch`` and ``_triton`` (the stages), ``reference``.
 """
-from ._validate import TAU_MIN
+from ._validate import TAU_MIN, check_scalars
 from .api import IMPLS, labo_cross_entropy, labo_linear_cross_entropy, resolve_impl
 from .params import LaboStats
 from .reference import labo_cross_entropy_reference
@@ -59,6 +67,7 @@ __all__ = [
     "TAU_MIN",
     "LaboStats",
     "resolve_impl",
+    "check_scalars",
     "labo_cross_entropy",
     "labo_linear_cross_entropy",
     "labo_cross_entropy_reference",

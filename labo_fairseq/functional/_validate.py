@@ -1,4 +1,4 @@
-"""Argument checks shared by the chunked and the fused LABO loss.
+"""Argument checks of both LABO ops.
 
 Every failure is a ValueError whose message names the offending argument and its value.
 """

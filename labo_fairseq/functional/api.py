@@ -1,19 +1,20 @@
 """The two public LABO ops: argument checks, the implementation switch, reductions.
 
-Both ops hand their work to an autograd Function of the chosen implementation
-(`chunked.TorchLogitsLabo` / `fused_linear.TorchFusedLabo` for "torch",
-`triton_ops.TritonLogitsLabo` / `triton_ops.TritonFusedLabo` for "triton"), which returns
-per-row losses or their sum; "mean" is that sum divided here, so autograd applies the 1/n.
+The implementation is resolved once to a backend (`backends.get`), which both autograd
+Functions (`ops.LogitsLabo`, `ops.FusedLabo`) are handed; they return per-row losses or their
+sum; "mean" is that sum divided here, so autograd applies the 1/n.
 """
 import os
 from typing import Optional
 
 import torch
 
+from . import backends
 from ._validate import check_impl, check_linear, check_logits, check_scalars, check_target, check_workspace
+from .ops import FusedLabo, LogitsLabo
 from .params import LaboParams, LaboStats
 
-IMPLS = ("auto", "torch", "triton")
+IMPLS = ("auto", *backends.NAMES)
 
 
 def triton_available() -> bool:
@@ -40,17 +41,6 @@ def resolve_impl(impl: str, device: torch.device) -> str:
             raise ValueError(f"impl='triton' needs CUDA tensors (got device {device.type!r}); on the CPU "
                              "it runs only under Triton's interpreter (TRITON_INTERPRET=1)")
     return impl
-
-
-def _default_chunk(impl: str, device: torch.device, fused: bool) -> int:
-    if impl == "triton":
-        from .triton_ops import MAX_BLOCK_V
-        return MAX_BLOCK_V
-    if fused:
-        from .fused_linear import sizes_for
-    else:
-        from .chunked import sizes_for
-    return sizes_for(device).chunk
 
 
 def _finish(out, reduction, lead, n_tokens, return_stats, keep_rows=None, n_rows=None):
@@ -84,7 +74,7 @@ def labo_cross_entropy(
     """LABO loss of `logits` [..., V] against `target` [...]; see the package docstring."""
     check_logits(logits)
     alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)
-    impl = resolve_impl(impl, logits.device)
+    backend = backends.get(resolve_impl(impl, logits.device))
     V = logits.shape[-1]
     lead = logits.shape[:-1]
     flat_target, keep = check_target(target, lead, V, ignore_index, "logits")
@@ -92,16 +82,10 @@ def labo_cross_entropy(
     if logits2d.stride(-1) != 1:
         logits2d = logits2d.contiguous()
     params = LaboParams(alpha=alpha, inv_tau=LaboParams.inv_tau_for(tau, logits.dtype),
-                        chunk=chunk_size if chunk_size is not None else _default_chunk(impl, logits.device, False),
+                        chunk=chunk_size if chunk_size is not None else backend.default_chunk(logits.device, False),
                         per_row=reduction == "none", want_stats=return_stats, count_correct=count_correct)
     n_tokens = torch.tensor(flat_target.numel(), device=logits.device) if keep is None else keep.sum()
-    if impl == "triton":
-        from .triton_ops import TritonLogitsLabo
-        out = TritonLogitsLabo.apply(logits2d, flat_target, ignore_index, params, bool(inplace_grad))
-    else:
-        from .chunked import TorchLogitsLabo
-        y = flat_target if keep is None else torch.where(keep, flat_target, 0)
-        out = TorchLogitsLabo.apply(logits2d, y, keep, params, bool(inplace_grad))
+    out = LogitsLabo.apply(logits2d, flat_target, ignore_index, params, bool(inplace_grad), backend)
     return _finish(out, reduction, lead, n_tokens, return_stats)
 
 
@@ -124,7 +108,7 @@ def labo_linear_cross_entropy(
     check_linear(hidden, weight, bias)
     alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)
     check_workspace(workspace_bytes)
-    impl = resolve_impl(impl, hidden.device)
+    backend = backends.get(resolve_impl(impl, hidden.device))
     V, d = weight.shape
     lead = hidden.shape[:-1]
     flat_target, keep = check_target(target, lead, V, ignore_index, "hidden")
@@ -132,20 +116,14 @@ def labo_linear_cross_entropy(
     n_rows = hidden2d.shape[0]
     n_tokens = torch.tensor(n_rows, device=hidden.device) if keep is None else keep.sum()
     params = LaboParams(alpha=alpha, inv_tau=LaboParams.inv_tau_for(tau, hidden.dtype),
-                        chunk=chunk_size if chunk_size is not None else _default_chunk(impl, hidden.device, True),
+                        chunk=chunk_size if chunk_size is not None else backend.default_chunk(hidden.device, True),
                         per_row=reduction == "none", want_stats=return_stats, count_correct=count_correct,
                         workspace_bytes=workspace_bytes)
-    if impl == "triton":
-        # the kernels skip ignored rows themselves: no host sync to find them
-        from .triton_ops import TritonFusedLabo
-        out = TritonFusedLabo.apply(hidden2d.contiguous(), weight, bias, flat_target, ignore_index, params)
-        return _finish(out, reduction, lead, n_tokens, return_stats)
     keep_rows = None
-    if keep is not None and not bool(keep.all()):
-        # ignored positions cost nothing: drop them before any matmul (one host sync, which
-        # costs nothing on the CPU, where this implementation is the default)
+    if not backend.skips_ignored_rows and keep is not None and not bool(keep.all()):
+        # ignored positions would cost as much as the others: drop them before any matmul
+        # (one host sync, which costs nothing on the CPU, where the torch backend is the default)
         keep_rows = keep.nonzero().squeeze(1)
         hidden2d, flat_target = hidden2d.index_select(0, keep_rows), flat_target.index_select(0, keep_rows)
-    from .fused_linear import TorchFusedLabo
-    out = TorchFusedLabo.apply(hidden2d.contiguous(), weight, bias, flat_target, params)
+    out = FusedLabo.apply(hidden2d.contiguous(), weight, bias, flat_target, ignore_index, params, backend)
     return _finish(out, reduction, lead, n_tokens, return_stats, keep_rows, n_rows)

@@ -1,10 +1,9 @@
-"""What every LABO implementation is told about one call, and the helpers they share."""
-from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Tuple
+"""What every LABO backend is told about one call (`LaboParams`), what its stages return per
+row (`RowResults`), and what the public ops return besides the loss (`LaboStats`)."""
+from dataclasses import dataclass, fields
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-
-from . import _validate
 
 
 @dataclass(frozen=True)
@@ -74,52 +73,50 @@ def spans(total: int, width: int) -> Iterator[Tuple[int, int]]:
         yield start, min(total, start + width)
 
 
-def function_outputs(ctx, loss, nll, q_entropy, correct, keep: Optional[torch.Tensor], params: LaboParams):
-    """What every LABO autograd Function returns from per-row results:
-    (loss, nll, q_entropy sum, n_correct), ignored rows zeroed, only `loss` differentiable.
-    loss and nll are per row when params.per_row, else summed."""
-    if keep is not None:
-        loss, nll = torch.where(keep, loss, 0.0), torch.where(keep, nll, 0.0)
-    if not params.per_row:
-        loss, nll = loss.sum(), nll.sum()
-    n_correct = None
-    if params.want_stats:
-        if keep is not None:
-            q_entropy = torch.where(keep, q_entropy, 0.0)
-        q_entropy = q_entropy.sum()
-        if params.count_correct:
-            n_correct = (correct.bool() if keep is None else correct.bool() & keep).sum(dtype=torch.long)
-    else:
-        q_entropy = loss.new_zeros(())
-    ctx.mark_non_differentiable(*(t for t in (nll, q_entropy, n_correct) if t is not None))
-    return loss, nll, q_entropy, n_correct
+@dataclass
+class RowResults:
+    """Per-row results of stage 1 (accumulation dtype), filled block by block.
 
-
-def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, per_row: bool) -> torch.Tensor:
-    """Multiplies a gradient computed for a unit incoming gradient by the real one, in place.
-
-    Skipped when the incoming gradient is a scalar 1.0 (fairseq without loss scaling): on the
-    CPU by looking at it, on CUDA by a Triton kernel that looks at it on the device (no sync).
+    loss, nll: per-row loss and negative log-likelihood; lse: logsumexp(z); m_ref: max of the
+    non-gold logits; log_sum_q: log sum_{j != y} exp((z_j - m_ref) / tau) (stage 2 needs
+    these three); q_entropy: entropy of q; correct: argmax(z) == y, as int8. Rows whose
+    target is ignore_index have loss, nll, q_entropy and correct 0.
     """
-    if per_row:
-        return grad.mul_(grad_output.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype))
-    if _validate.host_checks(grad_output.device):
-        return grad if grad_output.item() == 1.0 else grad.mul_(grad_output.to(grad.dtype))
-    if grad.is_cuda and (grad.is_contiguous() or (grad.dim() == 2 and grad.stride(-1) == 1)):
-        try:
-            from .triton_scale import scale_unless_one_
-        except ImportError:  # no triton: the plain multiply
-            return grad.mul_(grad_output.to(grad.dtype))
-        return scale_unless_one_(grad, grad_output)
-    return grad.mul_(grad_output.to(grad.dtype))
 
+    loss: Optional[torch.Tensor] = None
+    nll: Optional[torch.Tensor] = None
+    lse: Optional[torch.Tensor] = None
+    m_ref: Optional[torch.Tensor] = None
+    log_sum_q: Optional[torch.Tensor] = None
+    q_entropy: Optional[torch.Tensor] = None
+    correct: Optional[torch.Tensor] = None
 
-def take_precomputed_grads(ctx, grad_output: torch.Tensor, inputs) -> Optional[tuple]:
-    """The fused ops' (grad_hidden, grad_weight, grad_bias), accumulated in forward for a unit
-    incoming gradient, scaled by the real one and cast to the inputs' dtypes; None when there
-    are none. Consumed once: a second backward through a retained graph recomputes them."""
-    if ctx.grads is None:
-        return None
-    grads, ctx.grads = ctx.grads, None
-    return tuple(None if g is None or not ctx.needs_input_grad[i] else scale_grad_(g, grad_output, False).to(src.dtype)
-                 for i, (g, src) in enumerate(zip(grads, inputs)))
+    @classmethod
+    def empty(cls, n: int, device, dtype: torch.dtype) -> "RowResults":
+        values = {f.name: torch.empty(n, device=device, dtype=dtype) for f in fields(cls)}
+        values["correct"] = torch.zeros(n, device=device, dtype=torch.int8)
+        return cls(**values)
+
+    @classmethod
+    def for_backward(cls, lse: torch.Tensor, m_ref: torch.Tensor, log_sum_q: torch.Tensor) -> "RowResults":
+        """What stage 2 reads, as saved by forward."""
+        return cls(lse=lse, m_ref=m_ref, log_sum_q=log_sum_q)
+
+    def saved(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.lse, self.m_ref, self.log_sum_q
+
+    def rows(self, start: int, stop: int) -> "RowResults":
+        """Views of rows start:stop (a stage writes into them)."""
+        return RowResults(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[start:stop]
+                             for f in fields(self)})
+
+    def copy_(self, other: "RowResults") -> None:
+        """Copies every field `other` has (the correct flags as int8)."""
+        for f in fields(self):
+            src = getattr(other, f.name)
+            if src is not None:
+                getattr(self, f.name).copy_(src)
+
+    def pointers(self) -> Sequence[torch.Tensor]:
+        """The fields in the order the Triton stage-1 kernel takes them."""
+        return tuple(getattr(self, f.name) for f in fields(self))

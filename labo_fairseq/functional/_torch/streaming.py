@@ -1,4 +1,4 @@
-"""Streaming building blocks shared by the chunked and the fused LABO loss.
+"""The torch backend's arithmetic: online per-row statistics and gradients of vocabulary chunks.
 
 For one block of rows the vocabulary is visited chunk by chunk. Per row we keep
 
@@ -18,9 +18,11 @@ logsumexp(z), everything follows from these four numbers and the gold logit:
 
 Accumulation is in float32 (float64 for float64 inputs).
 """
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
+
+from ..params import RowResults
 
 
 NEG_INF = float("-inf")
@@ -107,41 +109,8 @@ class RowAccumulator:
         return new_ref
 
 
-class RowResult(NamedTuple):
-    loss: torch.Tensor
-    nll: torch.Tensor
-    lse: torch.Tensor
-    m_ref: torch.Tensor
-    log_sum_q: torch.Tensor
-    q_entropy: torch.Tensor
-    correct: Optional[torch.Tensor]
-
-
-class RowResults:
-    """Per-row results of a forward sweep over all rows, filled block by block."""
-
-    def __init__(self, n: int, device, dtype: torch.dtype, want_stats: bool, track_order: bool):
-        self.loss = torch.empty(n, device=device, dtype=dtype)
-        self.nll = torch.empty_like(self.loss)
-        self.lse = torch.empty_like(self.loss)
-        self.m_ref = torch.empty_like(self.loss)
-        self.log_sum_q = torch.empty_like(self.loss)
-        self.q_entropy = torch.empty_like(self.loss) if want_stats else None
-        self.correct = torch.empty(n, device=device, dtype=torch.bool) if track_order else None
-
-    def store(self, r0: int, r1: int, res: RowResult) -> None:
-        self.loss[r0:r1] = res.loss
-        self.nll[r0:r1] = res.nll
-        self.lse[r0:r1] = res.lse
-        self.m_ref[r0:r1] = res.m_ref
-        self.log_sum_q[r0:r1] = res.log_sum_q
-        if self.q_entropy is not None:
-            self.q_entropy[r0:r1] = res.q_entropy
-        if self.correct is not None:
-            self.correct[r0:r1] = res.correct
-
-
-def finalize(acc: RowAccumulator, z_gold: torch.Tensor, alpha: float) -> RowResult:
+def finalize(acc: RowAccumulator, z_gold: torch.Tensor, alpha: float) -> RowResults:
+    """Per-row results from the accumulators and the gold logits (ignored rows not zeroed)."""
     m, s, sq, w = acc.m_ref, acc.sum_p, acc.sum_q, acc.wsum
     gold_wins = z_gold >= m
     top = torch.maximum(m, z_gold)
@@ -160,7 +129,7 @@ def finalize(acc: RowAccumulator, z_gold: torch.Tensor, alpha: float) -> RowResu
     correct = None
     if acc.track_order:
         correct = (z_gold > acc.max_left) & (z_gold >= acc.max_right)
-    return RowResult(loss, nll, lse, m, log_sq, q_entropy, correct)
+    return RowResults(loss=loss, nll=nll, lse=lse, m_ref=m, log_sum_q=log_sq, q_entropy=q_entropy, correct=correct)
 
 
 def grad_block(
@@ -210,7 +179,7 @@ def grad_from_exps(
     z_gold: torch.Tensor,
     col0: int,
     target: torch.Tensor,
-    res: "RowResult",
+    res: RowResults,
     alpha: float,
     inv_tau: float,
     row_scale: torch.Tensor,

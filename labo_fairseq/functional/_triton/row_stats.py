@@ -1,6 +1,6 @@
 """Triton stage 1: per-row statistics of the LABO loss in one streaming pass over a row.
 
-The same online accumulators as the torch path (`_streaming.RowAccumulator`), one program
+The same online accumulators as the torch path (`_torch.streaming.RowAccumulator`), one program
 per row, scalar state carried across vocabulary blocks of width BLOCK_V:
 
 * m_ref: running max of the non-gold logits (reference point of the exps),
@@ -11,14 +11,14 @@ per row, scalar state carried across vocabulary blocks of width BLOCK_V:
 
 with the gold column masked out (never subtracted), so q stays exact when p_y -> 1.
 `row_finish` turns them and the gold logit into loss, nll, logsumexp and the entropy of q.
-`row_stats_kernel` can run stage 2 (`triton_row_grad`) for the same row right after.
+`row_stats_kernel` can run stage 2 (`row_grad`) for the same row right after.
 Everything accumulates in ACC (float32, or float64 for float64 logits). Column indices are
 int32 and relative to the block, so the loop does no 64-bit integer work per element.
 """
 import triton
 import triton.language as tl
 
-from .triton_row_grad import LOG2E, row_gradient, zero_row
+from .row_grad import LOG2E, row_gradient, zero_row
 
 LN2 = tl.constexpr(0.6931471805599453)
 

@@ -6,7 +6,7 @@ from tests.functional.common import DEVICE
 
 pytest.importorskip("triton", reason="the Triton rescale needs the triton package")
 
-from labo_fairseq.functional.triton_scale import BLOCK, scale_unless_one_  # noqa: E402
+from labo_fairseq.functional._triton.scale import BLOCK, scale_unless_one_  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from labo_fairseq.functional._streaming import RowAccumulator, finalize, grad_block
+from labo_fairseq.functional._torch.streaming import RowAccumulator, finalize, grad_block
 from labo_fairseq.functional.params import spans
 from tests.functional.common import F64
 

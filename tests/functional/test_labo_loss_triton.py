@@ -77,11 +77,11 @@ def test_fused_op_matches_reference(alpha, tau, chunk, reduction):
 
 
 def test_fused_op_takes_several_token_chunks_and_skips_ignored_rows_in_the_kernel(monkeypatch):
-    from labo_fairseq.functional import triton_ops
+    from labo_fairseq.functional._triton import launch
 
-    monkeypatch.setattr(triton_ops, "MIN_TOKEN_ROWS", 1)
+    monkeypatch.setattr(launch, "MIN_TOKEN_ROWS", 1)
     workspace = 5 * 19 * 8  # five rows of float64 logits per chunk
-    assert triton_ops.token_rows(24, 19, 8, workspace, torch.device(DEVICE)) == 5  # so the loop runs in chunks
+    assert launch.token_rows(24, 19, 8, workspace, torch.device(DEVICE)) == 5  # so the loop runs in chunks
     g = torch.Generator().manual_seed(5)
     hidden = torch.randn(24, 8, generator=g, dtype=F64).to(DEVICE).requires_grad_()
     weight = torch.randn(19, 8, generator=g, dtype=F64).to(DEVICE).requires_grad_()
@@ -104,9 +104,9 @@ def test_fused_op_takes_several_token_chunks_and_skips_ignored_rows_in_the_kerne
 def test_bfloat16_fused_grad_weight_error_does_not_grow_with_the_number_of_chunks(monkeypatch):
     """grad_W sums g.T @ h over token chunks in float32: with 64 chunks its error is that of one
     chunk (one bfloat16 GEMM: float32 accumulation inside, one rounding), not 64 roundings."""
-    from labo_fairseq.functional import triton_ops
+    from labo_fairseq.functional._triton import launch
 
-    monkeypatch.setattr(triton_ops, "MIN_TOKEN_ROWS", 1)
+    monkeypatch.setattr(launch, "MIN_TOKEN_ROWS", 1)
     n, vocab, d = 128, 64, 32
     g = torch.Generator().manual_seed(11)
     hidden = (torch.randn(n, d, generator=g) * 0.5).to(torch.bfloat16)
@@ -147,15 +147,6 @@ def test_finite_tau_whose_reciprocal_underflows_is_uniform_smoothing_not_nan(imp
         fused_inf, _ = labo_linear_cross_entropy(hidden, weight, target, 0.2, math.inf, ignore_index=PAD, impl=impl)
         assert torch.isfinite(fused)
         torch.testing.assert_close(fused, fused_inf)
-
-
-def test_chunk_sizes_above_the_largest_block_are_capped():
-    from labo_fairseq.functional.triton_ops import MAX_BLOCK_V, block_width, num_warps_for
-
-    assert block_width(200_000, 65_536) == MAX_BLOCK_V
-    assert block_width(200_000, 1 << 30) == MAX_BLOCK_V
-    assert block_width(1000, 65_536) == 1024  # the vocabulary's next power of two
-    assert num_warps_for(MAX_BLOCK_V) == 32 and num_warps_for(1024) == 4
 
 
 def test_accuracy_is_tracked_only_when_asked():
