@@ -58,19 +58,10 @@ def _finish(out, reduction, lead, n_tokens, return_stats, keep_rows=None, n_rows
     return loss, nll
 
 
-def labo_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float,
-    tau: float,
-    ignore_index: Optional[int] = None,
-    reduction: str = "sum",
-    chunk_size: Optional[int] = None,
-    return_stats: bool = False,
-    impl: str = "auto",
-    inplace_grad: bool = False,
-    count_correct: bool = True,
-):
+def labo_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: float, tau: float,
+                       ignore_index: Optional[int] = None, reduction: str = "sum", chunk_size: Optional[int] = None,
+                       return_stats: bool = False, impl: str = "auto", inplace_grad: bool = False,
+                       count_correct: bool = True):
     """LABO loss of `logits` [..., V] against `target` [...]; see the package docstring."""
     check_logits(logits)
     alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)
@@ -89,21 +80,11 @@ def labo_cross_entropy(
     return _finish(out, reduction, lead, n_tokens, return_stats)
 
 
-def labo_linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float,
-    tau: float,
-    bias: Optional[torch.Tensor] = None,
-    ignore_index: Optional[int] = None,
-    reduction: str = "sum",
-    chunk_size: Optional[int] = None,
-    return_stats: bool = False,
-    impl: str = "auto",
-    count_correct: bool = True,
-    workspace_bytes: Optional[int] = None,
-):
+def labo_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, alpha: float,
+                              tau: float, bias: Optional[torch.Tensor] = None, ignore_index: Optional[int] = None,
+                              reduction: str = "sum", chunk_size: Optional[int] = None, return_stats: bool = False,
+                              impl: str = "auto", count_correct: bool = True,
+                              workspace_bytes: Optional[int] = None):
     """LABO loss of logits = hidden @ weight.T + bias without materialising them."""
     check_linear(hidden, weight, bias)
     alpha, tau = check_scalars(alpha, tau, reduction, chunk_size)

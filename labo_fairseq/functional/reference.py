@@ -5,14 +5,8 @@ from typing import Optional
 import torch
 
 
-def labo_cross_entropy_reference(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float,
-    tau: float,
-    ignore_index: Optional[int] = None,
-    reduction: str = "sum",
-):
+def labo_cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor, alpha: float, tau: float,
+                                 ignore_index: Optional[int] = None, reduction: str = "sum"):
     """Same contract as `labo_cross_entropy`, by autograd through log_softmax with q detached.
 
     Returns (loss, nll_loss, q) where q is the dense [..., V] distribution (for tests).
