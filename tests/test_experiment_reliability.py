@@ -187,15 +187,15 @@ def test_lock_file_goes_on_failure_and_interrupt(toy_data_bin, tmp_path, monkeyp
     recipe = load_recipe(write(tmp_path, recipe_text(data_bin=toy_data_bin)))
     out = tmp_path / "exp"
 
-    def interrupt(*args):
-        assert (out / ".experiment.lock").exists()
-        raise Interrupted()
+    class Interrupting(experiment.LocalLauncher):  # a launcher stopped while its runs run
+        def __call__(self, recipe, runs, subsets):
+            assert (out / ".experiment.lock").exists() and [r.name for r in runs] == [RUN]
+            raise Interrupted()
 
-    monkeypatch.setattr(experiment, "run_all", interrupt)
     with pytest.raises(Interrupted):
-        experiment.run_experiment(recipe, out)
+        experiment.run_experiment(recipe, out, launcher=Interrupting())
     assert not (out / ".experiment.lock").exists()
-    monkeypatch.setattr(experiment, "prepare_data", lambda recipe: (_ for _ in ()).throw(RecipeError("no data")))
+    monkeypatch.setattr(experiment.pipeline, "prepare_data", lambda recipe: (_ for _ in ()).throw(RecipeError("no data")))
     with pytest.raises(RecipeError, match="no data"):
         experiment.run_experiment(recipe, out)
     assert not (out / ".experiment.lock").exists()
@@ -225,11 +225,11 @@ def test_lock_released_between_open_and_flock_is_taken_on_the_new_file(tmp_path,
         calls.append(Path(f"/proc/self/fd/{handle.fileno()}").resolve().name)
         return real_flock(handle, operation)
 
-    monkeypatch.setattr(experiment.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     second = OutputLock(tmp_path)
     assert calls[0].endswith("(deleted)") and len(calls) == 2  # the unlinked file was left for the new one
     assert os.stat(second.path).st_ino == os.fstat(second._file.fileno()).st_ino
-    monkeypatch.setattr(experiment.fcntl, "flock", real_flock)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
     with pytest.raises(RecipeError, match="in use"):
         OutputLock(tmp_path)
     second.release()

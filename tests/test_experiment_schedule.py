@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from labo_fairseq import experiment
+from labo_fairseq.evaluation.runs import TRAIN_DONE
 from labo_fairseq.experiment import (RecipeError, RunRefused, check_run_dir, compare_commands, load_recipe,
                                      plan_runs, resume_note, run_state, training_progress)
 from tests.test_experiment import dry_run_states, run_experiment, start_experiment, wait_for, write_recipe
@@ -61,13 +62,13 @@ def fake_finished_run(tmp_path, recorded_command):
     run = plan_runs(recipe, tmp_path / "exp")[0]
     run.run_dir.mkdir(parents=True)
     (run.run_dir / "run.json").write_text(json.dumps({"train_command": recorded_command(recipe, run)}))
-    (run.run_dir / experiment.TRAIN_DONE).write_text("done\n")
+    (run.run_dir / TRAIN_DONE).write_text("done\n")
     return recipe, run
 
 
 def test_finished_run_from_before_the_save_flags_is_not_refused(tmp_path):
     # a run recorded without --save-interval-updates/--keep-interval-updates, as older recipes gave
-    recipe, run = fake_finished_run(tmp_path, lambda r, run: experiment._without_flags(
+    recipe, run = fake_finished_run(tmp_path, lambda r, run: experiment.commands.without_flags(
         experiment.train_command(r, run), experiment.SAVE_FLAGS))
     assert "--save-interval-updates" in experiment.train_command(recipe, run)
     assert check_run_dir(recipe, run, None) is None
@@ -185,7 +186,7 @@ def test_progress_estimates_the_training_left(tmp_path):
     recipe.seeds = [1, 2, 3]
     runs = plan_runs(recipe, tmp_path / "exp")
     runs[2].run_dir.mkdir(parents=True)
-    (runs[2].run_dir / experiment.TRAIN_DONE).write_text("done\n")  # trained earlier: it will be skipped
+    (runs[2].run_dir / TRAIN_DONE).write_text("done\n")  # trained earlier: it will be skipped
     children = experiment.ChildProcesses()
     reporter = experiment.ProgressReporter(recipe, runs, children, 0)
     runs[0].run_dir.mkdir(parents=True)

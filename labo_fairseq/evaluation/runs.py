@@ -9,6 +9,11 @@
                     "checkpoint" (which checkpoint was evaluated, in words), "train_command"
                     (τ and α are taken from it when the keys are absent). Other keys are kept.
       train.log     fairseq-train output (--log-format simple or json)
+      command.sh    the training command (labo-experiment), train.done once training finished,
+                    eval.done what the finished evaluation depended on, FAILED why the last attempt
+                    failed, evaluate.<subset>.log and longtail.<subset>.log the evaluation's output
+      checkpoints/  fairseq's --save-dir: checkpoint_last.pt, checkpoint_best.pt, checkpointN.pt,
+                    checkpoint.avgN.pt (the average of the last N epoch checkpoints)
       eval/<subset>/
         generate.out, hyp.txt, ref.txt, src.txt, hyp.detok.txt, ref.detok.txt, [ref.raw.txt], scores.json
                     (scripts/evaluate.sh DATA_BIN CHECKPOINT RUN_DIR/eval/<subset> --subset <subset>)
@@ -27,8 +32,29 @@ from labo_fairseq.textfiles import read_json_object
 
 RUN_FILE = "run.json"
 TRAIN_LOG = "train.log"
+COMMAND_FILE = "command.sh"
+TRAIN_DONE = "train.done"
+EVAL_DONE = "eval.done"
+FAILED_FILE = "FAILED"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
 EVAL_DIR = "eval"
-REQUIRED_EVAL_FILES = ("scores.json", "longtail.json", "hyp.detok.txt", "ref.detok.txt")
+SCORES_FILE = "scores.json"
+LONGTAIL_FILE = "longtail.json"
+HYP_FILE = "hyp.txt"
+REF_FILE = "ref.txt"
+REQUIRED_EVAL_FILES = (SCORES_FILE, LONGTAIL_FILE, "hyp.detok.txt", "ref.detok.txt")
+
+
+def averaged_checkpoint(last: int) -> str:
+    """The file name of the average of the last `last` epoch checkpoints."""
+    return f"checkpoint.avg{last}.pt"
+
+
+def tool_log(run_dir, tool: str, subset: str) -> Path:
+    """The log of an evaluation step ("evaluate", "longtail") of a run on `subset`."""
+    return Path(run_dir) / f"{tool}.{subset}.log"
 
 
 def eval_dir(run_dir, subset: str = "test") -> Path:
@@ -171,9 +197,9 @@ def load_run(run_dir, subsets: Union[str, Sequence[str]] = "test") -> Run:
         for name in REQUIRED_EVAL_FILES:
             if not (directory / name).is_file():
                 raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file {directory / name}")
-        scores = _read_json(directory / "scores.json", "scores.json")
-        _check_scores(directory / "scores.json", scores)
-        evals[subset] = SubsetEval(subset, directory, scores, load_longtail(directory / "longtail.json"))
+        scores = _read_json(directory / SCORES_FILE, SCORES_FILE)
+        _check_scores(directory / SCORES_FILE, scores)
+        evals[subset] = SubsetEval(subset, directory, scores, load_longtail(directory / LONGTAIL_FILE))
         if not evals[subset].reference_file.is_file():
             raise EvaluationError(f"run directory {run_dir} has no {subset} evaluation file "
                                   f"{evals[subset].reference_file}")

@@ -1,0 +1,5 @@
+import sys
+
+from labo_fairseq.experiment import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""The child processes of a pipeline (training, evaluation), so that an interrupt stops every one."""
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from labo_fairseq.evaluation.runs import TRAIN_LOG
+from labo_fairseq.experiment.recipe import PYTHON_BIN
+from labo_fairseq.experiment.runs import RunPlan
+from labo_fairseq.procs import child_command
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: children are stopped, runs stay resumable."""
+
+
+def tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Environment for the commands the pipeline runs: this venv's tools first, unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+class ChildProcesses:
+    """The running child processes, so that an interrupt can stop every one of them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set = set()
+        self.stopping = threading.Event()
+        self.active: Dict[str, RunPlan] = {}  # runs whose training is in progress
+        self.since: Dict[str, tuple] = {}  # their (start time, train.log size at the start)
+
+    @contextlib.contextmanager
+    def training(self, run: RunPlan):
+        log = run.run_dir / TRAIN_LOG
+        with self._lock:
+            self.active[run.name] = run
+            self.since[run.name] = (time.time(), log.stat().st_size if log.exists() else 0)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active.pop(run.name, None)
+                self.since.pop(run.name, None)
+
+    def training_runs(self) -> List[RunPlan]:
+        with self._lock:
+            return list(self.active.values())
+
+    def training_since(self) -> List[tuple]:
+        """[(run, (start time, train.log size at the start))] of the runs training now."""
+        with self._lock:
+            return [(run, self.since[name]) for name, run in self.active.items()]
+
+    def run(self, command: Sequence[str], log_path: Path, what: str, stream: bool, append: bool = False,
+            env: Optional[Dict[str, str]] = None) -> None:
+        """Runs `command` into `log_path` (and the console when `stream`); raises if it fails."""
+        if self.stopping.is_set():
+            raise Interrupted()
+        with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+            # its own process group: a terminal's Ctrl-C reaches this process only, which
+            # then stops the children itself; they also die with it (child_command)
+            proc = subprocess.Popen(child_command(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, env=tool_env(env), start_new_session=True)
+            with self._lock:
+                self._procs.add(proc)
+            try:
+                for line in proc.stdout:
+                    log.write(line)
+                    if stream:
+                        sys.stdout.write("    " + line)
+                        sys.stdout.flush()
+                code = proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+        if self.stopping.is_set():
+            raise Interrupted()
+        if code != 0:
+            raise RuntimeError(f"{what} failed; see {log_path}")
+
+    def stop_all(self, grace: float = 15.0) -> None:
+        self.stopping.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.time() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+
+def _signal_group(proc, sig) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

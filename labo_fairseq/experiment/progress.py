@@ -1,0 +1,122 @@
+"""What the pipeline tells while it runs: each run's last validation loss, where an interrupted
+run resumes, and a status line every so often (ProgressReporter)."""
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from labo_fairseq.evaluation.runs import LAST_CHECKPOINT, TRAIN_DONE, TRAIN_LOG
+from labo_fairseq.experiment.children import ChildProcesses
+from labo_fairseq.experiment.commands import max_update
+from labo_fairseq.experiment.console import duration, say
+from labo_fairseq.experiment.recipe import Recipe
+from labo_fairseq.experiment.runs import RunPlan, train_command
+
+
+def last_valid_nll(run: RunPlan) -> Optional[float]:
+    from labo_fairseq.evaluation.training_log import read_valid_log
+
+    try:
+        entries = read_valid_log(run.run_dir / TRAIN_LOG)
+    except (OSError, ValueError):
+        return None
+    values = [e["nll_loss"] for e in entries if isinstance(e.get("nll_loss"), (int, float))]
+    return values[-1] if values else None
+
+
+_SAVED = re.compile(r"Saved checkpoint .* \(epoch \d+ @ (\d+) updates")
+_UPDATES = re.compile(r"num_updates[ =](\d+)")
+
+
+def training_progress(log_path: Path):
+    """(updates at the last saved checkpoint or None, last update train.log shows or None)."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, None
+    saved = [int(m.group(1)) for m in _SAVED.finditer(text)]
+    seen = [int(m.group(1)) for m in _UPDATES.finditer(text)]
+    return (saved[-1] if saved else None), (seen[-1] if seen else None)
+
+
+def resume_note(run: RunPlan) -> str:
+    """What an interrupt costs a run in training: where it resumes and how many updates are redone."""
+    saved, seen = training_progress(run.run_dir / TRAIN_LOG)
+    shown = f"at least {seen}" if seen is not None else "the"
+    if saved is None:
+        # fairseq logs "Saved checkpoint" only after the file is in place: a kill between the two
+        # leaves a checkpoint that train.log does not mention yet.
+        if (run.checkpoints / LAST_CHECKPOINT).exists():
+            return f"{run.name}: resumes from {LAST_CHECKPOINT} (saved as it was interrupted; its update is not " \
+                   f"in train.log)"
+        return f"{run.name}: no checkpoint saved yet; {shown} update(s) done so far will be redone"
+    redo = "" if seen is None or seen <= saved else f"; about {seen - saved} update(s) since then will be redone"
+    return f"{run.name}: resumes from its checkpoint at update {saved}{redo}"
+
+
+_LOADED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+
+
+class ProgressReporter:
+    """A status line every `interval` seconds while runs train: runs started and finished, each
+    training run's update (from its train.log) out of its --max-update, the time elapsed and an
+    estimate of the training time left (from the update rates so far; evaluation not included)."""
+
+    def __init__(self, recipe: Recipe, runs: Sequence[RunPlan], children: ChildProcesses, interval: float):
+        self.recipe, self.runs, self.children, self.interval = recipe, list(runs), children, interval
+        self.started_at = time.time()
+        self.started = self.finished = 0
+        self.started_names: set = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if self.interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.children.stopping.is_set():
+                say(self.status())
+
+    def _run_state(self, run: RunPlan, since: tuple, now: float):
+        """(text, updates left or None, updates per second or None) of a training run."""
+        started, offset = since
+        target = max_update(train_command(self.recipe, run))
+        try:
+            with open(run.run_dir / TRAIN_LOG, "rb") as log:
+                log.seek(offset)
+                text = log.read().decode("utf-8", errors="replace")
+        except OSError:
+            text = ""
+        loaded = _LOADED.findall(text)
+        first = int(loaded[-1]) if loaded else 0
+        seen = [int(u) for u in _UPDATES.findall(text)]
+        update = seen[-1] if seen else first
+        rate = (update - first) / (now - started) if update > first and now > started else None
+        shown = f"{run.name} update {update}" + (f"/{target}" if target else "")
+        return shown, (max(0, target - update) if target else None), rate
+
+    def status(self) -> str:
+        now = time.time()
+        states = [self._run_state(run, since, now) for run, since in self.children.training_since()]
+        parts = [f"{self.started}/{len(self.runs)} run(s) started, {self.finished} finished"]
+        parts += [text for text, _, _ in states]
+        parts.append(f"{duration(now - self.started_at)} elapsed")
+        rates = [rate for _, _, rate in states if rate]
+        lefts = [left for _, left, _ in states]
+        target = max_update(train_command(self.recipe, self.runs[0])) if self.runs else None
+        # runs still to start that will train (not those already trained)
+        waiting = sum(1 for r in self.runs if r.name not in self.started_names and not (r.run_dir / TRAIN_DONE).exists())
+        if states and rates and len(rates) == len(states) and None not in lefts and (target or not waiting):
+            # the runs still waiting train from scratch at the same speed
+            left = sum(lefts) + waiting * (target or 0)
+            parts.append(f"training left about {duration(left / sum(rates))}")
+        return "progress: " + "; ".join(parts)

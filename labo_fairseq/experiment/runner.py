@@ -1,0 +1,147 @@
+"""Runs the planned runs. A launcher takes the runs and says how each ended (Launcher); the one
+here (LocalLauncher) runs them on this machine, up to --jobs at once in a thread pool, each run's
+training and evaluation a child process. Another launcher (a cluster's scheduler) replaces it by
+running execute_run for each run wherever it likes and returning the same record."""
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Protocol, Sequence
+
+from labo_fairseq.cli.errors import UserError
+from labo_fairseq.evaluation.runs import FAILED_FILE
+from labo_fairseq.experiment.children import ChildProcesses, Interrupted
+from labo_fairseq.experiment.console import duration, say
+from labo_fairseq.experiment.execute import execute_run
+from labo_fairseq.experiment.progress import ProgressReporter, last_valid_nll, resume_note
+from labo_fairseq.experiment.recipe import Recipe
+from labo_fairseq.experiment.runs import RunPlan
+
+
+class Launcher(Protocol):
+    """Runs `runs` (each with execute_run) and returns {run name: {"status", "started",
+    "finished"}} for every one: status "done", "skipped", "interrupted" or "failed: WHY" (a failed
+    run leaves its reason in <run>/FAILED and does not stop the others), started and finished in
+    seconds since the epoch. Raises Interrupted when stopped; the runs stay resumable."""
+
+    def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]: ...
+
+    def describe(self, count: int) -> str:
+        """How `count` runs will run, for the console (e.g. "2 at a time")."""
+
+
+@dataclass
+class LocalLauncher:
+    """Runs on this machine, up to `jobs` at once, sharing the visible GPUs round-robin; with
+    `progress_interval` > 0, a status line that often while runs train."""
+    jobs: int = 1
+    progress_interval: float = 0.0
+
+    def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
+        return run_all(recipe, runs, subsets, max(1, min(self.jobs, len(runs))), self.progress_interval)
+
+    def describe(self, count: int) -> str:
+        return f"{min(self.jobs, count)} at a time"
+
+
+def gpu_slots(jobs: int) -> List[Optional[str]]:
+    """CUDA_VISIBLE_DEVICES value for each of `jobs` worker slots: round-robin over the visible
+    GPUs when there are several, else None (inherit the environment)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        try:
+            import torch
+            devices = [str(i) for i in range(torch.cuda.device_count())]
+        except ImportError:
+            devices = []
+    if len(devices) < 2:
+        return [None] * jobs
+    return [devices[i % len(devices)] for i in range(jobs)]
+
+
+def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], jobs: int,
+            progress_interval: float = 0.0) -> Dict[str, dict]:
+    """Runs `runs`, up to `jobs` at once; returns {run name: {"status", "started", "finished"}}.
+    With `progress_interval` > 0, a status line that often while runs train (ProgressReporter)."""
+    children = ChildProcesses()
+    reporter = ProgressReporter(recipe, runs, children, progress_interval)
+    results: Dict[str, dict] = {}
+    slots = gpu_slots(jobs)
+    free = list(range(jobs))
+    lock = threading.Lock()
+    stream = jobs == 1
+    counter = iter(range(1, len(runs) + 1))
+
+    def work(run: RunPlan) -> None:
+        with lock:
+            slot = free.pop(0)
+        env = None if slots[slot] is None else {"CUDA_VISIBLE_DEVICES": slots[slot]}
+        started = time.time()
+        entry = {"started": started}
+        try:
+            if children.stopping.is_set():  # interrupted before this run started: do not announce it
+                raise Interrupted()
+            with lock:
+                reporter.started += 1
+                reporter.started_names.add(run.name)
+            if stream:
+                say(f"run {run.name}")
+            entry["status"] = execute_run(recipe, run, subsets, children, stream, env)
+            (run.run_dir / FAILED_FILE).unlink(missing_ok=True)
+        except Interrupted:
+            entry["status"] = "interrupted"
+        except Exception as error:  # noqa: BLE001  one run's failure must not stop the others
+            entry["status"] = f"failed: {error}" if isinstance(error, (UserError, RuntimeError, ValueError, OSError)) \
+                else f"failed: {type(error).__name__}: {error}"
+            if run.run_dir.is_dir():
+                (run.run_dir / FAILED_FILE).write_text(f"{error}\n", encoding="utf-8")
+        finally:
+            entry["finished"] = time.time()
+            with lock:
+                free.append(slot)
+                results[run.name] = entry
+                reporter.finished += entry.get("status") != "interrupted"
+                if entry.get("status") != "interrupted" and not children.stopping.is_set():
+                    state = entry.get("status", "failed")
+                    where = "" if slots[slot] is None else f" on GPU {slots[slot]}"
+                    took = duration(entry["finished"] - started)
+                    if state.startswith("failed"):
+                        line = f"failed{where} after {took}: {state[len('failed: '):]}"
+                    else:
+                        nll = last_valid_nll(run)
+                        line = f"{state}{where} in {took}" + ("" if nll is None else f", valid nll {nll:.2f}")
+                    say(f"[{next(counter)}/{len(runs)}] {run.name} {line}")
+
+    interrupted = []
+
+    def on_signal(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    futures: List[concurrent.futures.Future] = []
+    try:
+        with reporter:
+            futures = [pool.submit(work, run) for run in runs]
+            for future in futures:
+                future.result()
+    except (KeyboardInterrupt, Interrupted):
+        interrupted.append(True)
+        children.stopping.set()  # first: no run starts or reports after the line below
+        for future in futures:
+            future.cancel()
+        say("interrupted: stopping every child process (runs stay resumable)")
+        training = children.training_runs()
+        children.stop_all()
+        for run in training:
+            say(resume_note(run))
+    finally:
+        pool.shutdown(wait=True)
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        raise Interrupted()
+    return results
