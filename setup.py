@@ -60,7 +60,9 @@ setup(
         "gpu": ["triton>=3.0"],
         "eval": ["compare-mt>=0.2.10"],
         "ivon": ["ivon-opt>=0.1.3"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8"],
+        "hf": ["transformers>=5.25", "accelerate>=1.1"],   # labo_fairseq.hf (Trainer needs accelerate)
+        "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8",
+                 "transformers>=5.25", "accelerate>=1.1"],
     },
     entry_points={
         "console_scripts": [

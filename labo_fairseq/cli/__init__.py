@@ -7,7 +7,7 @@ around `python -m labo_fairseq.cli COMMAND`.
     labo-longtail ...                           rare-word accuracy (labo_fairseq.evaluation.longtail)
     labo-report RUN_DIR... --out DIR            comparison report (labo_fairseq.evaluation.report)
     labo-experiment RECIPE ...                  the whole pipeline (labo_fairseq.experiment)
-    labo-bench {loss,train,kernels} ...         benchmarks (labo_fairseq.benchmarks)
+    labo-bench {loss,train,kernels,hf} ...      benchmarks (labo_fairseq.benchmarks)
     labo-install-fairseq [--python PY] ...      the patched fairseq 0.12.2 (labo_fairseq.install)
 
 The commands that run fairseq (labo-prepare, labo-evaluate, labo-experiment, labo-bench train)
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from labo_fairseq.cli.errors import run_command
+from labo_fairseq.errors import run_command
 
 DATASETS = ("iwslt14", "wmt14", "multi30k")
 
@@ -138,7 +138,7 @@ def _with_epilog(show_help, epilog: str) -> int:
     return status or 0
 
 
-BENCHMARKS = ("loss", "train", "kernels")
+BENCHMARKS = ("loss", "train", "kernels", "hf")
 
 
 def bench(argv: Optional[Sequence[str]] = None, prog: str = "labo-bench") -> int:
@@ -146,7 +146,8 @@ def bench(argv: Optional[Sequence[str]] = None, prog: str = "labo-bench") -> int
                        "loss: the loss op against fairseq's label smoothing (and peer kernels on CUDA), "
                        "--model for the roofline model; kernels: offline GPU compile report of the Triton "
                        "kernels (registers, spills, SASS per element; no GPU needed); "
-                       "train: fairseq-train words/s and peak memory, LS vs LABO.",
+                       "train: fairseq-train words/s and peak memory, LS vs LABO; "
+                       "hf: a Transformers Marian training step, label_smoothing_factor vs LABO (fused, unfused).",
                        needs_fairseq=("train",)))
 
 
