@@ -10,7 +10,7 @@ prepare.json's "raw_references") for sacreBLEU; the text is lowercased, so score
 """
 from pathlib import Path
 
-from . import common
+from . import common, noise
 from .common import PrepError, Timer, log
 from .moses import MosesPipeline, clean_corpus, describe_cleaning, lowercase
 from .subwords import BpeSegmenter, learn_bpe, warn_shortfall
@@ -53,7 +53,9 @@ def parse_args(argv=None, prog="prepare-iwslt14.sh"):
     parser.add_argument("--vocab", "--bpe-tokens", dest="bpe_tokens", type=int, default=10000,
                         help="BPE merge operations; --bpe-tokens is the older name (default: %(default)s)")
     common.add_output_args(parser, NAME, "tokenisation, BPE and binarisation")
+    noise.add_arguments(parser)
     args = parser.parse_args(argv)
+    noise.check_arguments(parser, args)
     common.check_sizes(parser, TAG, args, args.bpe_tokens)
     if args.raw_dir is not None:
         args.archive = args.raw_dir / "de-en.tgz"
@@ -136,6 +138,7 @@ def build(args, staging, text_dir, bin_dir):
         for lang in (SRC, TGT):
             common.map_file(segmenter, tmp / f"{split}.{lang}", text_dir / f"{split}.{lang}", args.workers)
     log(TAG, f"applied BPE to train/valid/test ({timer})")
+    noise_record = noise.apply_to_training_target(args, text_dir, TGT, TAG)
 
     timer = Timer()
     sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=False, workers=args.workers,
@@ -148,7 +151,7 @@ def build(args, staging, text_dir, bin_dir):
         "bpe_merges": args.bpe_tokens, "bpe_merges_learned": n_merges, "dictionary_sizes": sizes,
         "tokenizer": "moses", "moses_escape": True, "lowercase": True,
         "joined_dictionary": False, "test_sets": {"test": list(TEST_SETS)}, "raw_references": raw_refs,
-        "pairs": {"train": n_clean - n_valid, "valid": n_valid, "test": n_test},
+        "pairs": {"train": n_clean - n_valid, "valid": n_valid, "test": n_test}, **noise_record,
     })
 
 

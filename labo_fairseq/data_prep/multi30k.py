@@ -11,7 +11,7 @@ prepare.json's "raw_references") for sacreBLEU; the text is lowercased, so score
 """
 from pathlib import Path
 
-from . import common
+from . import common, noise
 from .common import PrepError, Timer, log
 from .moses import MosesPipeline
 from .subwords import joint_subwords
@@ -45,7 +45,9 @@ def parse_args(argv=None, prog="prepare-multi30k.sh"):
     parser.add_argument("--spm-type", choices=["unigram", "bpe"], default="unigram",
                         help="sentencepiece model type (default: %(default)s)")
     common.add_output_args(parser, NAME)
+    noise.add_arguments(parser)
     args = parser.parse_args(argv)
+    noise.check_arguments(parser, args)
     try:
         args.url.format(file="train.de.gz")
     except KeyError as e:
@@ -126,6 +128,7 @@ def build(args, staging, text_dir, bin_dir):
     common.write_lines(text_dir / "test-sets.tsv",
                        [f"{split}\t{raw}" for raw, split in splits.items() if split.startswith("test")])
 
+    noise_record = noise.apply_to_training_target(args, text_dir, TGT, TAG)
     timer = Timer()
     test_splits = test_split_names(len(args.test_sets))
     sizes = common.binarise(text_dir, bin_dir, SRC, TGT, test_splits, joined=True, workers=args.workers,
@@ -138,7 +141,7 @@ def build(args, staging, text_dir, bin_dir):
         **subword_record, "dictionary_sizes": sizes,
         "tokenizer": "moses", "moses_escape": True, "lowercase": True, "joined_dictionary": True,
         "test_sets": {split: raw for raw, split in splits.items() if split.startswith("test")},
-        "raw_references": raw_refs, "pairs": counts,
+        "raw_references": raw_refs, "pairs": counts, **noise_record,
     })
 
 

@@ -15,7 +15,7 @@ newstest2013 but does not use it); here valid is newstest2013, and all train pai
 """
 from pathlib import Path
 
-from . import common
+from . import common, noise
 from .common import PrepError, Timer, log
 from .moses import MosesPipeline, clean_corpus, describe_cleaning
 from .subwords import joint_subwords
@@ -55,7 +55,9 @@ def parse_args(argv=None, prog="prepare-wmt14en2de.sh"):
                         help="News Commentary release: v9 is WMT'14's (default), v12 what fairseq's "
                              "script uses without --icml17")
     common.add_output_args(parser, NAME, "normalisation/tokenisation, subwords and binarisation")
+    noise.add_arguments(parser)
     args = parser.parse_args(argv)
+    noise.check_arguments(parser, args)
     if args.vocab is None:
         args.vocab = DEFAULT_VOCAB[args.subwords]
     common.check_sizes(parser, TAG, args, args.vocab)
@@ -159,6 +161,7 @@ def build(args, staging, text_dir, bin_dir):
     if n_train == 0:
         raise PrepError(f"no training pairs left after cleaning (1..250 subwords, length ratio 1.5) "
                         f"{', '.join(str(names[f'{p}.{SRC}']) for _, p in corpora)}")
+    noise_record = noise.apply_to_training_target(args, text_dir, TGT, TAG)
 
     timer = Timer()
     sizes = common.binarise(text_dir, bin_dir, SRC, TGT, ["test"], joined=True, workers=args.workers,
@@ -172,6 +175,7 @@ def build(args, staging, text_dir, bin_dir):
         "moses_escape": True, "lowercase": False, "joined_dictionary": True,
         "test_sets": {"valid": "newstest2013", "test": "newstest2014"}, "raw_references": raw_refs,
         "pairs": {"train": n_train, "valid": counts[("valid", SRC)], "test": counts[("test", SRC)]},
+        **noise_record,
     })
 
 
