@@ -34,7 +34,7 @@ quiet_known_warnings()
 
 
 def require_fairseq() -> None:
-    """Raises labo_fairseq.cli.errors.UserError ("fairseq 0.12.2 (patched) is not installed ...: run
+    """Raises labo_fairseq.errors.UserError ("fairseq 0.12.2 (patched) is not installed ...: run
     labo-install-fairseq") unless this interpreter has the patched fairseq. Cheap: imports neither
     fairseq nor torch."""
     from labo_fairseq.install import require_fairseq as check

@@ -89,7 +89,7 @@ def require_fairseq() -> None:
     installed: what the commands that run fairseq check before doing any work."""
     problem = fairseq_problem()
     if problem:
-        from labo_fairseq.cli.errors import UserError
+        from labo_fairseq.errors import UserError
         raise UserError(f"{problem}: run {INSTALL_COMMAND}")
 
 

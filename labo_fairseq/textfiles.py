@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, List
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 
 
 def iter_lines(path, what: str = "file") -> Iterator[str]:

@@ -156,7 +156,7 @@ def test_fairseq_commands_print_no_known_deprecation_warnings(toy_data_bin, tmp_
 def test_plugin_registers_with_fairseq_imported_after_it():
     """fairseq's --user-dir skips a package that is already imported; register_with_fairseq()
     is the way for a process that imported labo_fairseq first."""
-    code = ("import labo_fairseq.cli.errors\n"
+    code = ("import labo_fairseq.errors\n"
             "from fairseq.criterions import CRITERION_REGISTRY\n"
             "from fairseq.optim import OPTIMIZER_REGISTRY\n"
             "from fairseq.tasks import TASK_REGISTRY\n"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 from labo_fairseq.textfiles import iter_lines, read_lines, write_json_atomic, write_lines
 
 

@@ -270,8 +270,8 @@ def render(result) -> str:
 
 
 def main(argv=None, prog="labo-bench kernels") -> int:
-    from labo_fairseq.cli.arguments import int_at_least, output_file
-    from labo_fairseq.cli.errors import UserError
+    from labo_fairseq.arguments import int_at_least, output_file
+    from labo_fairseq.errors import UserError
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=sorted(ARCHES), default="sm_90", help="GPU architecture (default: sm_90)")

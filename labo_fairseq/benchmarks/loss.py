@@ -504,7 +504,7 @@ def print_model(args, shapes):
 
 
 def main(argv=None, prog="labo-bench loss"):
-    from labo_fairseq.cli.arguments import output_file
+    from labo_fairseq.arguments import output_file
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")

@@ -137,7 +137,7 @@ def train_once(data_bin: Path, variant: str, args) -> dict:
 
 
 def main(argv=None, prog="labo-bench train"):
-    from labo_fairseq.cli.arguments import output_file
+    from labo_fairseq.arguments import output_file
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--fairseq-train-worker"]:

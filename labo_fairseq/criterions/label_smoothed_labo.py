@@ -9,19 +9,20 @@ whose smoothing distribution is LABO's instance-specific optimum instead of the 
 The math lives in `labo_fairseq.functional`; this module only adapts it to fairseq's models.
 """
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from omegaconf import II
 
+from labo_fairseq.errors import FlagError, report_flag_errors  # noqa: F401  (criterions/__init__ calls it)
+from labo_fairseq.fairseq_utils import trainer_num_updates, unwrap_model
 from labo_fairseq.functional import (IMPLS, TAU_MIN, LaboStats, labo_cross_entropy, labo_linear_cross_entropy,
                                      resolve_impl)
 
@@ -73,25 +74,8 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
-class LaboFlagError(ValueError):
-    """An invalid criterion flag; fairseq-train reports it as one line (see `report_flag_errors`)."""
-
-
-def report_flag_errors() -> None:
-    """Makes an uncaught LaboFlagError print one line instead of fairseq-train's traceback;
-    every other exception goes to the previous hook unchanged."""
-    previous = sys.excepthook
-
-    def hook(kind, error, tb):
-        if issubclass(kind, LaboFlagError):
-            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {error}", file=sys.stderr)
-            sys.exit(2)  # refused at start-up: nothing was produced
-        previous(kind, error, tb)
-
-    if getattr(previous, "_labo_flag_hook", False):
-        return
-    hook._labo_flag_hook = True
-    sys.excepthook = hook
+class LaboFlagError(FlagError):
+    """An invalid criterion flag; fairseq-train reports it as one line (labo_fairseq.errors.report_flag_errors)."""
 
 
 def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_update, ignore_prefix_size,
@@ -123,20 +107,6 @@ def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_upda
 FEATURES_KEY = "labo_features_only"
 
 
-def _trainer_num_updates() -> int:
-    """Updates done so far. Criteria are not told the update number, but fairseq's trainer logs
-    it into the always-present "default" metrics aggregator (also after --restore-file)."""
-    meter = metrics.get_meter("default", "num_updates")
-    return int(meter.val) if meter is not None and meter.val is not None else 0
-
-
-def _unwrap(model):
-    """The FairseqModel inside fairseq's data-parallel wrappers (which forward attributes)."""
-    while not isinstance(model, BaseFairseqModel) and hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 # Model-level get_normalized_probs that only hand over to the decoder's plain log_softmax
 # (TransformerModelBase re-declares it for TorchScript).
 _PLAIN_MODEL_NORMALISATION = (
@@ -158,7 +128,7 @@ def loss_path(model) -> str:
     - lprobs: anything else that defines its own `get_normalized_probs`; log_softmax is
       idempotent on log-probabilities, so the loss over them is still exact.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     decoder = getattr(model, "decoder", None)
     if getattr(decoder, "adaptive_softmax", None) is not None:
         raise LaboFlagError(
@@ -221,7 +191,7 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         loss_path(model)
 
     def current_alpha(self) -> float:
-        if self.smoothing_stop_update > 0 and _trainer_num_updates() >= self.smoothing_stop_update:
+        if self.smoothing_stop_update > 0 and trainer_num_updates() >= self.smoothing_stop_update:
             return 0.0
         return self.eps
 
@@ -296,7 +266,7 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
             impl=self.impl,
         )
         if path == "fused":
-            projection = _unwrap(model).decoder.output_projection
+            projection = unwrap_model(model).decoder.output_projection
             out = labo_linear_cross_entropy(inputs, projection.weight, target, alpha, self.tau, bias=projection.bias,
                                             workspace_bytes=self.workspace_bytes, **options)
         else:
@@ -318,41 +288,22 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         """(n_correct, total) over non-padding target tokens, as in fairseq's criterion."""
         inputs, target, path = self._inputs_and_target(model, net_output, sample)
         if path == "fused":
-            inputs = _unwrap(model).decoder.output_layer(inputs)
+            inputs = unwrap_model(model).decoder.output_layer(inputs)
         mask = target.ne(self.padding_idx)
         n_correct = inputs.argmax(-1).eq(target).masked_select(mask).sum()
         return n_correct, mask.sum()
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
-        """Aggregate logging outputs from data parallel training."""
-        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
-        nll_loss_sum = sum(log.get("nll_loss", 0) for log in logging_outputs)
-        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
-        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
-
-        metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
-        metrics.log_scalar("nll_loss", nll_loss_sum / ntokens / math.log(2), ntokens, round=3)
-        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
-
+        """Aggregate logging outputs from data parallel training: fairseq's label smoothing's
+        (loss and nll_loss in bits, ppl, accuracy with --report-accuracy), plus q_entropy."""
+        LabelSmoothedCrossEntropyCriterion.reduce_metrics(logging_outputs)
         # LABO diagnostic: mean entropy (bits) of the smoothing distribution q per target token.
         # log2(V - 1) means uniform smoothing; lower means q concentrates on a few plausible tokens.
         q_tokens = utils.item(sum(log.get("q_entropy_tokens", 0) for log in logging_outputs))
         if q_tokens > 0:
             q_entropy_sum = utils.item(sum(log.get("q_entropy", 0) for log in logging_outputs))
             metrics.log_scalar("q_entropy", q_entropy_sum / q_tokens / math.log(2), q_tokens, round=3)
-
-        total = utils.item(sum(log.get("total", 0) for log in logging_outputs))
-        if total > 0:
-            metrics.log_scalar("total", total)
-            n_correct = utils.item(sum(log.get("n_correct", 0) for log in logging_outputs))
-            metrics.log_scalar("n_correct", n_correct)
-            metrics.log_derived(
-                "accuracy",
-                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
-                if meters["total"].sum > 0
-                else float("nan"),
-            )
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -34,7 +34,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as distributed_utils
 from omegaconf import II
 
-from labo_fairseq.criterions.label_smoothed_labo import FEATURES_KEY, LaboFlagError, _unwrap, loss_path
+from labo_fairseq.criterions.label_smoothed_labo import FEATURES_KEY, LaboFlagError, loss_path
+from labo_fairseq.fairseq_utils import unwrap_model
 from labo_fairseq.online_label_smoothing import (DENSE_MAX_VOCAB, DEFAULT_TOPK, OnlineLabelSmoothing,
                                                  merge_worker_tables, ols_cross_entropy)
 
@@ -158,7 +159,7 @@ class LabelSmoothedOlsCriterion(FairseqCriterion):
 
     def check_model(self, model) -> None:
         """Refuses adaptive softmax before any data is read (called by the patched fairseq-train)."""
-        if getattr(getattr(_unwrap(model), "decoder", None), "adaptive_softmax", None) is not None:
+        if getattr(getattr(unwrap_model(model), "decoder", None), "adaptive_softmax", None) is not None:
             raise OlsFlagError("label_smoothed_ols does not support adaptive softmax (--adaptive-softmax-cutoff): "
                                "S needs probabilities over the whole vocabulary")
 
@@ -208,7 +209,7 @@ class LabelSmoothedOlsCriterion(FairseqCriterion):
         options = dict(reduction="sum" if reduce else "none", workspace_bytes=self.workspace_bytes,
                        accumulate=accumulate)
         if features:
-            projection = _unwrap(model).decoder.output_projection
+            projection = unwrap_model(model).decoder.output_projection
             return ols_cross_entropy(self.ols, target, hidden=inputs, weight=projection.weight,
                                      bias=projection.bias, **options)
         return ols_cross_entropy(self.ols, target, logits=inputs, **options)

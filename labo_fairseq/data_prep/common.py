@@ -31,7 +31,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from labo_fairseq.cli.errors import EXIT_INTERRUPTED, UserError, run_command
+from labo_fairseq.errors import EXIT_INTERRUPTED, UserError, run_command
 from labo_fairseq.procs import child_command, die_with_parent, pid_running
 from labo_fairseq.textfiles import iter_lines
 from labo_fairseq.textfiles import write_lines as _write_lines

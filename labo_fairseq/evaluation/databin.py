@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from labo_fairseq.cli.errors import run_command
+from labo_fairseq.errors import run_command
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.subwords import POST_PROCESS_MODES, post_process_for
 from labo_fairseq.textfiles import read_json_object

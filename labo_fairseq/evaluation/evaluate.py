@@ -38,10 +38,11 @@ import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from labo_fairseq.cli.arguments import finite_float, int_at_least, output_dir, positive_int
+from labo_fairseq.arguments import finite_float, int_at_least, output_dir, positive_int
 from labo_fairseq.evaluation import score
 from labo_fairseq.evaluation.databin import inspect_data_bin, reference_for, sentence_count
-from labo_fairseq.evaluation.errors import EvaluationError, checkpoint_load_error
+from labo_fairseq.checkpoints import checkpoint_load_error
+from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.leftovers import remove_stale
 from labo_fairseq.evaluation.subwords import POST_PROCESS_FOR_SUBWORDS, POST_PROCESS_MODES
 from labo_fairseq.procs import child_command

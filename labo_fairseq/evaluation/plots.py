@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from labo_fairseq.evaluation.longtail import bucket_label  # noqa: E402
+from labo_fairseq.evaluation.buckets import bucket_label  # noqa: E402
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:

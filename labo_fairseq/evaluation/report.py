@@ -31,12 +31,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tabulate import tabulate
 
-from labo_fairseq.cli.errors import run_command
+from labo_fairseq.errors import run_command
 from labo_fairseq.evaluation import significance
-from labo_fairseq.cli.arguments import int_at_least, output_dir
+from labo_fairseq.arguments import int_at_least, output_dir
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.leftovers import remove_stale
-from labo_fairseq.evaluation.longtail import bucket_label
+from labo_fairseq.evaluation.buckets import bucket_label
 from labo_fairseq.evaluation.runs import Run, load_run
 from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from labo_fairseq.cli.errors import run_command
+from labo_fairseq.errors import run_command
 from labo_fairseq.evaluation.databin import reference_for, split_size
 from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
 from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic

@@ -84,7 +84,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional, Sequence
 
-from labo_fairseq.cli.errors import EXIT_FAILED, run_command
+from labo_fairseq.errors import EXIT_FAILED, run_command
 from labo_fairseq.experiment.children import tool_env
 from labo_fairseq.experiment.console import say
 from labo_fairseq.experiment.lock import OutputLock

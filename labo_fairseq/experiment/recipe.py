@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fairseq's --user-dir, in a checkout or installed

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.runs import EVAL_DONE, LONGTAIL_FILE, RUN_FILE, SCORES_FILE, TRAIN_DONE, eval_dir
 from labo_fairseq.experiment.commands import compare_commands
 from labo_fairseq.experiment.recipe import Recipe, RecipeError, checkpoint_description, split_name

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.runs import FAILED_FILE
 from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import duration, say

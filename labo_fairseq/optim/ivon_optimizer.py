@@ -31,7 +31,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
-from labo_fairseq.criterions.label_smoothed_labo import LaboFlagError, report_flag_errors
+from labo_fairseq.errors import FlagError, report_flag_errors
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ _PRECISION_FLAGS = (
 )
 
 
-class IvonFlagError(LaboFlagError):
+class IvonFlagError(FlagError):
     """An invalid IVON flag or flag combination; fairseq-train prints it as one line."""
 
 

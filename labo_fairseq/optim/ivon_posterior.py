@@ -13,8 +13,8 @@ from typing import List, Sequence
 
 import torch
 
-from labo_fairseq.cli.errors import UserError
-from labo_fairseq.evaluation.errors import checkpoint_load_error
+from labo_fairseq.checkpoints import checkpoint_load_error, save_checkpoint_state
+from labo_fairseq.errors import UserError
 
 
 def posterior_sigma(optimizer_state, checkpoint) -> torch.Tensor:
@@ -36,10 +36,7 @@ def sample_checkpoints(checkpoint, data_bin, samples: int, seed: int, out_dir) -
     """Writes `samples` checkpoints drawn from the posterior into out_dir; returns their paths."""
     from fairseq import checkpoint_utils
 
-    from labo_fairseq import register_with_fairseq
-    from labo_fairseq.checkpoints import save_checkpoint_state
-
-    register_with_fairseq()  # IVON checkpoints name the task translation_ivon
+    from labo_fairseq import criterions, tasks  # noqa: F401  IVON checkpoints name the task translation_ivon
 
     if samples < 1:
         raise UserError(f"--ivon-samples must be >= 1, got {samples}")

@@ -15,7 +15,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
-from labo_fairseq.criterions.label_smoothed_labo import _unwrap
+from labo_fairseq.fairseq_utils import unwrap_model
 from labo_fairseq.optim.ivon_optimizer import FairseqIVON, IvonFlagError, refuse_reduced_precision
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class TranslationIvonTask(TranslationTask):
     @torch.no_grad()
     def _label_noise(self, model, sample, ivon, update_num):
         """Mean over target tokens and the update's weight samples of |p_k(y) - p(y)|, y the gold token."""
-        module = _unwrap(model)
+        module = unwrap_model(model)
         was_training = module.training
         module.eval()  # dropout off: only the weight noise moves the probabilities
         try:

@@ -25,12 +25,12 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
-from labo_fairseq.criterions.label_smoothed_labo import LaboFlagError
+from labo_fairseq.errors import FlagError
 from labo_fairseq.optim.ivon_optimizer import refuse_reduced_precision
 from labo_fairseq.sam import two_pass_step
 
 
-class SamFlagError(LaboFlagError):
+class SamFlagError(FlagError):
     """An invalid SAM flag; fairseq-train prints it as one line."""
 
 

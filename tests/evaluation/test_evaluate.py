@@ -6,7 +6,8 @@ import zipfile
 import pytest
 import torch
 
-from labo_fairseq.evaluation.errors import EvaluationError, checkpoint_load_error
+from labo_fairseq.checkpoints import checkpoint_load_error
+from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.evaluate import build_parser, check_checkpoint, failure_summary
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.longtail import (BUCKET_KEYS, DEFAULT_BUCKETS, analyse, analyse_files,
                                               bucket_label, bucket_ranges, count_types, load_longtail)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import sacrebleu
 
-from labo_fairseq.cli.errors import run_command
+from labo_fairseq.errors import run_command
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.score import (TEXT_FILES, detokenize, main, parse_generate_output, sacrebleu_scores,
                                            tokenized_bleu)

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from labo_fairseq.cli.errors import UserError
+from labo_fairseq.errors import UserError
 from labo_fairseq.optim.ivon_posterior import posterior_sigma, sample_checkpoints
 from tests.evaluation.helpers import dead_pid
 from tests.optim.test_train_cli import USER_DIR, ivon_train

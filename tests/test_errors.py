@@ -1,4 +1,4 @@
-"""labo_fairseq.cli.errors: every command fails the same way (one line, documented exit status)."""
+"""labo_fairseq.errors: every command fails the same way (one line, documented exit status)."""
 import os
 import signal
 import subprocess
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from labo_fairseq.cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError, run_command
+from labo_fairseq.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError, run_command
 
 
 def test_user_error_is_one_line_with_exit_status_2(capsys):
@@ -50,7 +50,7 @@ def test_sigterm_runs_cleanup_and_exits_130(tmp_path):
     marker = tmp_path / "cleaned"
     script = textwrap.dedent(f"""
         import time
-        from labo_fairseq.cli.errors import run_command
+        from labo_fairseq.errors import run_command
 
         def body():
             try:

@@ -1,4 +1,4 @@
-"""argparse types of the evaluation commands: a bad value is refused at parsing, as
+"""argparse types of the commands: a bad value is refused at parsing, as
 `PROG: error: argument --FLAG: ...` naming the value, before any work is done."""
 import argparse
 import math

@@ -4,6 +4,8 @@
                      its message names the argument or file and the value
     run_command      runs a command body and turns UserError, OSError, Ctrl-C and SIGTERM into
                      `PROG: error: ...` / `PROG: interrupted ...` and an exit status
+    FlagError        an invalid flag of a fairseq plugin (criterion, optimizer, task), raised
+                     inside fairseq-train; report_flag_errors() makes it one line and exit status 2
 
 Exit statuses, the same for every command:
     0    done
@@ -12,6 +14,7 @@ Exit statuses, the same for every command:
     130  interrupted (Ctrl-C or SIGTERM); the message says what was left (by default: earlier
          outputs as they were)
 """
+import os
 import signal
 import sys
 from typing import Callable
@@ -52,3 +55,24 @@ def run_command(prog: str, body: Callable[[], object], interrupted: str = "previ
         signal.signal(signal.SIGTERM, previous)
     return int(status or 0)
 
+
+class FlagError(ValueError):
+    """An invalid flag of the fairseq plugins; fairseq-train reports it as one line (see
+    `report_flag_errors`)."""
+
+
+def report_flag_errors() -> None:
+    """Makes an uncaught FlagError print one line instead of fairseq-train's traceback;
+    every other exception goes to the previous hook unchanged."""
+    previous = sys.excepthook
+
+    def hook(kind, error, tb):
+        if issubclass(kind, FlagError):
+            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)  # refused at start-up: nothing was produced
+        previous(kind, error, tb)
+
+    if getattr(previous, "_labo_flag_hook", False):
+        return
+    hook._labo_flag_hook = True
+    sys.excepthook = hook

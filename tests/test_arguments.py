@@ -1,9 +1,9 @@
-"""labo_fairseq.cli.arguments: argparse types that refuse bad values at parsing."""
+"""labo_fairseq.arguments: argparse types that refuse bad values at parsing."""
 import argparse
 
 import pytest
 
-from labo_fairseq.cli.arguments import finite_float, int_at_least, output_dir, output_file, positive_int
+from labo_fairseq.arguments import finite_float, int_at_least, output_dir, output_file, positive_int
 
 
 def test_numbers():
