@@ -61,8 +61,9 @@ setup(
         "eval": ["compare-mt>=0.2.10"],
         "ivon": ["ivon-opt>=0.1.3"],
         "hf": ["transformers>=5.25", "accelerate>=1.1"],   # labo_fairseq.hf (Trainer needs accelerate)
+        "cluster": ["submitit>=1.5"],   # labo-experiment --launcher slurm / submitit-local
         "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8",
-                 "transformers>=5.25", "accelerate>=1.1"],
+                 "transformers>=5.25", "accelerate>=1.1", "submitit>=1.5"],
     },
     entry_points={
         "console_scripts": [

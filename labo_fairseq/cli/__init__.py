@@ -111,8 +111,10 @@ def resolve_recipe(name: str) -> str:
 
 def experiment(argv: Optional[Sequence[str]] = None, prog: str = "labo-experiment") -> int:
     from labo_fairseq import experiment as module
+    from labo_fairseq.experiment.recipe import SLURM_RULES
     argv = _argv(argv)
-    takes_value = {"--out", "--data-dir", "--jobs"}
+    takes_value = {"--out", "--data-dir", "--jobs", "--progress", "--launcher",
+                   *(f"--slurm-{key.replace('_', '-')}" for key in SLURM_RULES)}
     recipe = None
     for i, arg in enumerate(argv):
         if not arg.startswith("-") and (i == 0 or argv[i - 1] not in takes_value):

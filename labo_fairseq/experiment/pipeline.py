@@ -75,6 +75,15 @@ directory (OUT/.experiment.lock, removed when it exits).
 While runs train, a status line every minute (--progress SECONDS; 0: none) gives the runs started
 and finished, each training run's update out of its --max-update (read from its train.log), the
 time elapsed and the training time left as estimated from the update rates so far.
+
+--launcher slurm runs each run as a SLURM job through submitit, as the [slurm] table says (keys:
+partition, account, qos, constraint, gpus_per_run, cpus_per_gpu, mem_gb, time_min,
+array_parallelism, setup; the --slurm-* flags override them): the pipeline submits, prints a line
+whenever a job's state changes, waits and writes the report; --no-wait submits and exits, and the
+same command run again attaches to the jobs recorded in each run's run.json. gpus_per_run > 1
+trains with fairseq's --distributed-world-size on the job's GPUs. --launcher submitit-local runs
+the same jobs on this machine, --jobs at a time. --launcher slurm --dry-run prints each job's
+sbatch script. See the README, "On a SLURM cluster".
 """
 import argparse
 import json
@@ -87,6 +96,8 @@ from typing import Optional, Sequence
 from labo_fairseq.errors import EXIT_FAILED, run_command
 from labo_fairseq.experiment.children import tool_env
 from labo_fairseq.experiment.console import say
+from labo_fairseq.experiment.launchers import (JobsSubmitted, add_launcher_arguments, describe_jobs,
+                                               flag_overrides, make_launcher)
 from labo_fairseq.experiment.lock import OutputLock
 from labo_fairseq.experiment.plan import describe_plan
 from labo_fairseq.experiment.recipe import Recipe, RecipeError, checkpoint_description, load_recipe, resolve_subsets, \
@@ -180,7 +191,9 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
                         help="print a status line this often while runs train: runs started and finished, each "
                              "training run's update out of --max-update, elapsed time, training time left "
                              "(default 60; 0: none)")
+    add_launcher_arguments(parser)
     args = parser.parse_args(argv)
+    overrides = flag_overrides(args, parser.error)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if not (args.progress >= 0 and math.isfinite(args.progress)):
@@ -189,14 +202,22 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
     def body() -> int:
         recipe = load_recipe(args.recipe, args.data_dir)
         out_dir = Path(args.out or Path("runs") / recipe.name)
+        recipe, launcher = make_launcher(args, recipe, overrides)
         if args.dry_run:
             runs = select_runs(plan_runs(recipe, out_dir), args.only, str(recipe.path))
             print(describe_plan(recipe, runs, out_dir))
+            if args.launcher == "slurm":
+                print("\n" + describe_jobs(recipe, runs, launcher.settings))
             return 0
-        summary = run_experiment(recipe, out_dir, args.only, args.jobs, args.progress)
+        try:
+            summary = run_experiment(recipe, out_dir, args.only, args.jobs, args.progress, launcher)
+        except JobsSubmitted as submitted:
+            say(f"--no-wait: {submitted}")
+            return 0
         print(format_summary(summary))
         failed = [name for name, state in summary["runs"].items() if state.startswith("failed")]
         return EXIT_FAILED if failed or summary["report"] is None else 0
 
     return run_command(prog, body, interrupted="every child process was stopped. Run the same command "
-                                                "again to resume.")
+                                                "again to resume." if args.launcher == "pool" else
+                       "run the same command again to attach to the jobs left running or resume the others.")

@@ -19,7 +19,7 @@ IVON_CRITERIA = ("ce", "ls", "labo")
 CHECKPOINT_POLICIES = ("last", "average", "best")
 BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
 
-RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods"}
+RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods", "slurm"}
 DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets"}
 TRAIN_KEYS = {"args", "average_last", "save_interval_updates"}
 DEFAULT_SAVE_INTERVAL_UPDATES = 250
@@ -57,6 +57,7 @@ class Recipe:
     average_last: int
     evaluate: Dict[str, object]
     methods: List[Method]
+    slurm: Dict[str, object] = field(default_factory=dict)  # the [slurm] keys given (checked: slurm_settings)
 
 
 def _fmt(value: float) -> str:
@@ -326,7 +327,8 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
     return Recipe(path=path, name=name, seeds=seeds, variables=variables, prepare=prepare,
                   data_bin=Path(sub(data["data_bin"])), train_target=Path(sub(data["train_target"])),
                   subsets=subsets, train_args=train_args, checkpoint=checkpoint, average_last=average_last,
-                  evaluate=settings, methods=expand_methods(raw.get("methods", []), str(path)))
+                  evaluate=settings, methods=expand_methods(raw.get("methods", []), str(path)),
+                  slurm=slurm_settings(raw.get("slurm", {}), path))
 
 
 def split_name(path: Path) -> str:
@@ -354,3 +356,36 @@ def checkpoint_description(recipe: Recipe) -> str:
     return {"last": LAST_CHECKPOINT,
             "best": f"{BEST_CHECKPOINT} (lowest validation nll_loss)",
             "average": f"average of the last {recipe.average_last} epoch checkpoints"}[recipe.checkpoint]
+
+# [slurm]: how each run is submitted as a job (labo-experiment --launcher slurm / submitit-local).
+# key: (the rule in words, the check); the defaults are in experiment.launchers.
+SLURM_RULES = {
+    "partition": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
+    "account": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
+    "qos": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
+    "constraint": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
+    "gpus_per_run": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "cpus_per_gpu": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "mem_gb": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+               and math.isfinite(v) and v > 0),
+    "time_min": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "array_parallelism": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "setup": ("a list of shell lines (strings)", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+}
+
+
+def slurm_setting_error(key: str, value) -> Optional[str]:
+    """'must be an integer >= 1, got 0' when `value` is not a valid [slurm] `key`, else None."""
+    rule, check = SLURM_RULES[key]
+    return None if check(value) else f"must be {rule}, got {value!r}"
+
+
+def slurm_settings(table, path: Path) -> Dict[str, object]:
+    """The [slurm] table as given, every key checked."""
+    where = f"{path}: [slurm]"
+    _check_keys(table, set(SLURM_RULES), where)
+    for key, value in table.items():
+        error = slurm_setting_error(key, value)
+        if error:
+            raise RecipeError(f"{where} {key} {error}")
+    return dict(table)

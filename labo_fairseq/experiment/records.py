@@ -14,6 +14,10 @@ from labo_fairseq.experiment.runs import RunPlan, checkpoint_path, train_command
 from labo_fairseq.textfiles import read_json_object, write_json_atomic
 
 
+# run.json keys that rewriting it keeps: the jobs that ran the run (experiment.launchers)
+KEPT_RUN_KEYS = ("jobs",)
+
+
 class RunRefused(RecipeError):
     """A run directory that the recipe may not reuse; `reason` is the short form --dry-run shows."""
 
@@ -153,9 +157,11 @@ def prepare_run_dir(recipe: Recipe, run: RunPlan, subsets: Sequence[str], data: 
         extended = None
     command = train_command(recipe, run)
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    run_json = run.run_dir / RUN_FILE
+    kept = read_json_object(run_json, "run record") if run_json.exists() else {}  # readable: checked above
     info = {"method": run.method.kind, "label": run.method.label, "config": run.method.name, "seed": run.seed,
             "recipe": recipe.name, "run": run.name, **run.method.params,
             "checkpoint": checkpoint_description(recipe), "subsets": list(subsets), "train_command": command,
-            "data_fingerprint": data}
+            "data_fingerprint": data, **{key: kept[key] for key in KEPT_RUN_KEYS if key in kept}}
     write_json_atomic(run.run_dir / RUN_FILE, info)
     return command, extended

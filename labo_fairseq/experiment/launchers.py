@@ -1,0 +1,569 @@
+"""Runs as submitit jobs: `--launcher slurm` (one SLURM job per run) and `--launcher submitit-local`
+(the same jobs as processes of this machine, --jobs at a time: the test of the whole path).
+
+Each job runs execute_run (train -> evaluate -> long-tail), as the local thread pool does, so a
+run resumes from its checkpoint_last.pt whoever starts it. A job's files (pickled call, result,
+log) are in <run>/submitit/; run.json lists the run's jobs ("jobs": launcher, id, folder), so that
+running the same command again attaches to a job still queued or running instead of submitting
+the run a second time. A preempted or timed-out job (submitit's signal, USR2) stops its training
+child and is requeued (RunJob.checkpoint); it resumes from the last checkpoint saved.
+"""
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from labo_fairseq.errors import UserError
+from labo_fairseq.evaluation.runs import FAILED_FILE, RUN_FILE, TRAIN_DONE
+from labo_fairseq.experiment.children import ChildProcesses, Interrupted
+from labo_fairseq.experiment.console import duration, say
+from labo_fairseq.experiment.progress import last_valid_nll, resume_note
+from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, slurm_setting_error
+from labo_fairseq.experiment.records import (KEPT_RUN_KEYS, RunRefused, check_run_dir, data_fingerprint, evaluation_change,
+                                             prepare_run_dir)
+from labo_fairseq.experiment.runs import RunPlan
+from labo_fairseq.procs import pid_running
+from labo_fairseq.textfiles import read_json_object, write_json_atomic
+
+LAUNCHERS = ("pool", "submitit-local", "slurm")
+SUBMITIT_DIR = "submitit"  # a run's submitit folder: pickled call, result, log of each of its jobs
+JOBS_KEY = KEPT_RUN_KEYS[0]  # run.json: the run's jobs, oldest first (kept when the run rewrites it)
+# [slurm] defaults (the recipe's [slurm] table and --slurm-* flags override them)
+SLURM_DEFAULTS = {"gpus_per_run": 1, "cpus_per_gpu": 4, "time_min": 1440, "array_parallelism": 256, "setup": []}
+SIGNAL_DELAY_S = 120        # submitit's USR2 comes this long before the time limit
+RECORD_WAIT_S = 60          # a job waits this long for the submitter to record it in run.json
+POLL_S = {"submitit-local": 1.0, "slurm": 30.0}
+SLURM_QUEUED = {"PENDING", "REQUEUED", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+                "UNKNOWN", "PREEMPTED"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+RESULT_GRACE_S = 60         # a SLURM job that ended waits this long for its result file (shared filesystems lag)
+
+
+class JobsSubmitted(Exception):
+    """--no-wait: the runs' jobs are submitted (or still queued or running); nothing more to do now."""
+
+
+def add_launcher_arguments(parser) -> None:
+    """--launcher, --no-wait, --cancel-on-interrupt and a --slurm-KEY flag for each [slurm] key."""
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="pool",
+                        help="how runs run: pool (default: this machine, --jobs at a time), slurm (one SLURM job "
+                             "per run through submitit; see the recipe's [slurm] and the --slurm-* flags) or "
+                             "submitit-local (the same jobs as processes of this machine, --jobs at a time)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="with slurm or submitit-local: submit the jobs and exit; the same command run again "
+                             "attaches to them and writes the report once all are done")
+    parser.add_argument("--cancel-on-interrupt", action="store_true",
+                        help="with slurm or submitit-local: Ctrl-C cancels the submitted jobs (default: ask when "
+                             "interactive, else leave them running; run the same command again to attach)")
+    group = parser.add_argument_group("SLURM job settings (override the recipe's [slurm] table)")
+    kinds = {"gpus_per_run": int, "cpus_per_gpu": int, "time_min": int, "array_parallelism": int, "mem_gb": float}
+    for key in SLURM_RULES:
+        flag = f"--slurm-{key.replace('_', '-')}"
+        if key == "setup":
+            group.add_argument(flag, action="append", metavar="LINE", dest="slurm_setup",
+                               help="a shell line run before each job (module load, conda activate; repeat the "
+                                    "flag for several; replaces the recipe's setup)")
+        else:
+            default = f" (default {SLURM_DEFAULTS[key]})" if key in SLURM_DEFAULTS else ""
+            group.add_argument(flag, type=kinds.get(key, str), dest=f"slurm_{key}", help=f"[slurm] {key}{default}",
+                               metavar={int: "N", float: "GB"}.get(kinds.get(key), "NAME"))
+
+
+def flag_overrides(args, error) -> Dict[str, object]:
+    """The --slurm-* flags given, checked like the recipe's keys; `error(message)` reports a bad one."""
+    given = {}
+    for key in SLURM_RULES:
+        value = getattr(args, f"slurm_{key}", None)
+        if value is None:
+            continue
+        problem = slurm_setting_error(key, value)
+        if problem:
+            error(f"--slurm-{key.replace('_', '-')} {problem}")
+        given[key] = value
+    if args.launcher == "pool" and (given or args.no_wait or args.cancel_on_interrupt):
+        error("--no-wait, --cancel-on-interrupt and --slurm-* need --launcher slurm or submitit-local")
+    return given
+
+
+def job_settings(recipe: Recipe, overrides: Dict[str, object]) -> Dict[str, object]:
+    return {**SLURM_DEFAULTS, **recipe.slurm, **overrides}
+
+
+def distributed_recipe(recipe: Recipe, settings: Dict[str, object]) -> Recipe:
+    """The recipe as the jobs train it: with gpus_per_run > 1, fairseq's own distributed training
+    on the job's GPUs (--distributed-world-size; fairseq spawns one worker per GPU)."""
+    gpus = int(settings["gpus_per_run"])
+    if gpus <= 1 or "--distributed-world-size" in recipe.train_args:
+        return recipe
+    return dataclasses.replace(recipe, train_args=[*recipe.train_args, "--distributed-world-size", str(gpus)])
+
+
+def job_folder(run: RunPlan) -> Path:
+    return run.run_dir.resolve() / SUBMITIT_DIR
+
+
+def sbatch_parameters(recipe: Recipe, run: RunPlan, settings: Dict[str, object]) -> Dict[str, object]:
+    """The sbatch parameters of a run's job, in submitit's SlurmExecutor names."""
+    from submitit.slurm.slurm import _convert_mem
+
+    gpus = int(settings["gpus_per_run"])
+    params = {"job_name": f"{recipe.name}/{run.name}", "time": settings["time_min"], "nodes": 1,
+              "ntasks_per_node": 1, "cpus_per_task": int(settings["cpus_per_gpu"]) * max(1, gpus),
+              "signal_delay_s": SIGNAL_DELAY_S, "stderr_to_stdout": True, "setup": list(settings["setup"])}
+    if gpus:
+        params["gpus_per_node"] = gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        if key in settings:
+            params[key] = settings[key]
+    if "mem_gb" in settings:
+        params["mem"] = _convert_mem(float(settings["mem_gb"]))
+    return params
+
+
+def sbatch_script(recipe: Recipe, run: RunPlan, settings: Dict[str, object]) -> str:
+    """The sbatch script submitit's SlurmExecutor writes for this run's job."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = job_folder(run)
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **sbatch_parameters(recipe, run, settings))
+
+
+def describe_jobs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, object]) -> str:
+    """--launcher slurm --dry-run: each run's sbatch script."""
+    lines = [f"# SLURM jobs: one per run, at most {settings['array_parallelism']} queued or running at once"]
+    for run in runs:
+        lines += ["", f"# ---- {run.name}: {job_folder(run) / '<job id>_submission.sh'}", sbatch_script(recipe, run, settings)]
+    return "\n".join(lines)
+
+
+class RunJob:
+    """One run as a submitit job: execute_run in the job's process, returning {"status", "started",
+    "finished"}. checkpoint() is submitit's hook for preemption and time limits: it stops the
+    training child and asks for the same call again, which resumes from checkpoint_last.pt."""
+
+    def __init__(self, recipe: Recipe, run: RunPlan, subsets: Sequence[str]):
+        self.recipe, self.run, self.subsets = recipe, run, list(subsets)
+        self._children: Optional[ChildProcesses] = None
+
+    def __getstate__(self):
+        return {"recipe": self.recipe, "run": self.run, "subsets": self.subsets}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _children=None)
+
+    def __call__(self) -> dict:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        _wait_for_record(self.run, environment.job_id)
+        if environment.cluster == "local":
+            # submitit-local: the submitter cancels a job with SIGTERM (its SIGINT is ignored, so that
+            # a Ctrl-C at the submitter's terminal does not reach it)
+            signal.signal(signal.SIGTERM, _raise_interrupted)
+        self._children = children = ChildProcesses()
+        started = time.time()
+        print(f"run {self.run.name} in job {environment.job_id} on {environment.hostname}", flush=True)
+        try:
+            status = execute_run_here(self.recipe, self.run, self.subsets, children)
+        except (KeyboardInterrupt, Interrupted):
+            children.stop_all()
+            raise
+        except Exception as error:  # the job fails; its reason also goes where the pool leaves it
+            if self.run.run_dir.is_dir():
+                (self.run.run_dir / FAILED_FILE).write_text(f"{error}\n", encoding="utf-8")
+            raise
+        (self.run.run_dir / FAILED_FILE).unlink(missing_ok=True)
+        print(f"run {self.run.name}: {status}", flush=True)
+        return {"status": status, "started": started, "finished": time.time()}
+
+    def checkpoint(self):
+        from submitit.core.utils import DelayedSubmission
+
+        if self._children is not None:
+            print(f"{resume_note(self.run)}; stopping its training for a requeue", flush=True)
+            self._children.stop_all()
+        return DelayedSubmission(RunJob(self.recipe, self.run, self.subsets))
+
+
+def execute_run_here(recipe, run, subsets, children) -> str:
+    from labo_fairseq.experiment.execute import execute_run
+
+    return execute_run(recipe, run, subsets, children, stream=False)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def _wait_for_record(run: RunPlan, job_id: str) -> None:
+    """Waits until the submitter has recorded this job in run.json, which it writes only before
+    the job starts to run (so that the two never write run.json at once)."""
+    deadline = time.time() + RECORD_WAIT_S
+    while time.time() < deadline:
+        if any(job.get("id") == job_id for job in recorded_jobs(run)):
+            return
+        time.sleep(0.5)
+
+
+def recorded_jobs(run: RunPlan) -> List[dict]:
+    try:
+        jobs = read_json_object(run.run_dir / RUN_FILE, "run record").get(JOBS_KEY, [])
+    except UserError:
+        return []
+    return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+
+
+def _record_job(run: RunPlan, entry: dict) -> None:
+    path = run.run_dir / RUN_FILE
+    info = read_json_object(path, "run record")
+    jobs = info.get(JOBS_KEY) if isinstance(info.get(JOBS_KEY), list) else []
+    info[JOBS_KEY] = [*jobs, entry]
+    write_json_atomic(path, info)
+
+
+def _update_last_job(run: RunPlan, **fields) -> None:
+    path = run.run_dir / RUN_FILE
+    info = read_json_object(path, "run record")
+    if isinstance(info.get(JOBS_KEY), list) and info[JOBS_KEY]:
+        info[JOBS_KEY][-1].update(fields)
+        write_json_atomic(path, info)
+
+
+@dataclasses.dataclass
+class Tracked:
+    """A run's job as the waiting pipeline follows it."""
+    run: RunPlan
+    job: object            # a submitit Job
+    submitted: float
+    shown: str = ""        # the state last printed
+    pickle_mtime: Optional[int] = None
+    ended_at: Optional[float] = None  # when SLURM said the job ended (its result file may lag)
+
+
+@dataclasses.dataclass
+class SubmititLauncher:
+    """Runs each run as a submitit job (`kind` "slurm" or "submitit-local"), at most `in_flight`
+    at once, and waits for them (unless `wait` is False); `cancel_on_interrupt` None asks at Ctrl-C
+    when interactive, else leaves the jobs running."""
+    kind: str
+    settings: Dict[str, object]
+    in_flight: int
+    wait: bool = True
+    cancel_on_interrupt: Optional[bool] = None
+    poll_s: Optional[float] = None
+
+    def describe(self, count: int) -> str:
+        gpus = int(self.settings["gpus_per_run"])
+        each = f"{gpus} GPU(s) each" if gpus else "no GPU"
+        if self.kind == "slurm":
+            where = f" on partition {self.settings['partition']}" if "partition" in self.settings else ""
+            return f"one SLURM job each{where} ({each}), at most {min(count, self.in_flight)} at once"
+        return f"one submitit-local job each ({each}), {min(count, self.in_flight)} at a time"
+
+    def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
+        self.counter = 0
+        self.total = len(runs)
+        results: Dict[str, dict] = {}
+        tracked: Dict[str, Tracked] = {}
+        waiting: List[RunPlan] = []
+        data = data_fingerprint(recipe.data_bin)
+        for run in runs:
+            self._sort(recipe, run, subsets, data, results, tracked, waiting)
+        poll = self.poll_s or POLL_S[self.kind]
+        try:
+            while waiting or tracked:
+                while waiting and len(tracked) < self.in_flight:
+                    run = waiting.pop(0)
+                    item = self._submit(recipe, run, subsets, data, results)
+                    if item is not None:
+                        tracked[run.name] = item
+                if not self.wait:
+                    break
+                self._poll(tracked, results)
+                if waiting or tracked:
+                    time.sleep(poll)
+        except KeyboardInterrupt:
+            self._interrupted(tracked)
+            raise Interrupted() from None
+        if not self.wait:
+            ids = ", ".join(f"{t.run.name} {t.job.job_id}" for t in tracked.values())
+            later = f"; {len(waiting)} run(s) wait for a free slot: run the same command again to submit them" \
+                if waiting else ""
+            raise JobsSubmitted(f"{len(tracked)} job(s) queued or running ({ids or 'none'}){later}; run the same "
+                                f"command again to attach to them and write the report")
+        return results
+
+    # -- deciding what each run needs ----------------------------------------------------------
+
+    def _sort(self, recipe, run, subsets, data, results, tracked, waiting) -> None:
+        """Attaches to the run's live job, collects the outcome of its last job if nobody saw it
+        end, or decides the run is finished, refused or to be submitted."""
+        jobs = recorded_jobs(run)
+        if jobs and jobs[-1].get("launcher") == self.kind and "outcome" not in jobs[-1]:
+            job = self._job(run, jobs[-1])
+            if self._alive(job):
+                tracked[run.name] = Tracked(run, job, float(jobs[-1].get("submitted", time.time())))
+                tracked[run.name].pickle_mtime = _mtime(job.paths.submitted_pickle)
+                say(f"{run.name}: attached to job {job.job_id} (submitted earlier)")
+                return
+            outcome = self._outcome(Tracked(run, job, 0.0))
+            if outcome is not None:
+                _update_last_job(run, outcome=outcome["status"])
+                if not outcome["status"].startswith("failed") and (run.run_dir / TRAIN_DONE).exists():
+                    say(f"{run.name}: job {job.job_id} finished while nobody waited")
+                    results[run.name] = outcome
+                    return
+                if outcome["status"].startswith("failed"):
+                    say(f"{run.name}: its job {job.job_id} {outcome['status']}; submitting it again")
+        try:
+            check_run_dir(recipe, run, data)
+        except RunRefused as refused:
+            self._finish(run, {"status": f"failed: {refused}", "started": time.time(), "finished": time.time()},
+                         results, None)
+            return
+        if (run.run_dir / TRAIN_DONE).exists() and evaluation_change(recipe, run, subsets) is None:
+            results[run.name] = {"status": "skipped", "started": time.time(), "finished": time.time()}
+            say(f"{run.name}: already finished, skipping")
+            return
+        waiting.append(run)
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def _submit(self, recipe, run, subsets, data, results) -> Optional[Tracked]:
+        """Submits the run's job and records it in run.json before the job may start to run."""
+        try:
+            prepare_run_dir(recipe, run, subsets, data)  # what the job checks again: refused early here
+        except RunRefused as refused:
+            self._finish(run, {"status": f"failed: {refused}", "started": time.time(), "finished": time.time()},
+                         results, None)
+            return None
+        executor = self._executor(recipe, run)
+        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: Ctrl-C here leaves local jobs be
+        try:
+            job = executor.submit(RunJob(recipe, run, subsets))
+        finally:
+            signal.signal(signal.SIGINT, ignored)
+        now = time.time()
+        _record_job(run, {"launcher": self.kind, "id": str(job.job_id), "folder": str(job_folder(run)),
+                          "submitted": now})
+        say(f"{run.name}: submitted as job {job.job_id}; log: {job.paths.stdout}")
+        return Tracked(run, job, now, pickle_mtime=_mtime(job.paths.submitted_pickle))
+
+    def _executor(self, recipe: Recipe, run: RunPlan):
+        folder = job_folder(run)
+        if self.kind == "slurm":
+            from submitit import SlurmExecutor
+
+            try:
+                executor = SlurmExecutor(folder=folder)
+            except RuntimeError as error:  # no srun: not on a SLURM cluster
+                raise UserError(f"--launcher slurm: {error} (--dry-run shows the jobs without submitting)") from None
+            executor.update_parameters(**sbatch_parameters(recipe, run, self.settings))
+            return executor
+        from submitit import LocalExecutor
+
+        executor = LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=int(self.settings["time_min"]), signal_delay_s=SIGNAL_DELAY_S,
+                                   stderr_to_stdout=True, setup=list(self.settings["setup"]),
+                                   **self._local_gpus())
+        return executor
+
+    def _local_gpus(self) -> dict:
+        """submitit-local: the GPUs of the next job, round-robin over the visible ones."""
+        from labo_fairseq.experiment.runner import gpu_slots
+
+        gpus = int(self.settings["gpus_per_run"])
+        devices = [d for d in gpu_slots(max(1, self.in_flight) * max(1, gpus)) if d is not None]
+        if not gpus or not devices:
+            return {"gpus_per_node": 0}
+        start = getattr(self, "_next_gpu", 0)
+        chosen = [int(devices[(start + k) % len(devices)]) for k in range(gpus)]
+        self._next_gpu = start + gpus
+        return {"gpus_per_node": gpus, "visible_gpus": chosen}
+
+    def _job(self, run: RunPlan, entry: dict):
+        folder = entry.get("folder") or job_folder(run)
+        if self.kind == "slurm":
+            from submitit.slurm.slurm import SlurmJob
+
+            return SlurmJob(folder=folder, job_id=str(entry["id"]))
+        from submitit.local.local import LocalJob
+
+        return LocalJob(folder=folder, job_id=str(entry["id"]))
+
+    # -- following the jobs --------------------------------------------------------------------
+
+    def _alive(self, job) -> bool:
+        if job.paths.result_pickle.exists():
+            return False
+        if self.kind == "slurm":
+            return job.get_info(mode="force").get("State", "UNKNOWN").split()[0] in SLURM_QUEUED | SLURM_RUNNING
+        return _local_job_alive(job)
+
+    def _state(self, tracked: Tracked) -> str:
+        """"queued", "running" or "ended" (the job's process or SLURM job is over)."""
+        job = tracked.job
+        if job.paths.result_pickle.exists():
+            return "ended"
+        if self.kind == "slurm":
+            state = job.watcher.get_state(job.job_id, mode="cache").split()[0]
+            if state in SLURM_QUEUED:
+                return "queued"
+            if state in SLURM_RUNNING:
+                return "running"
+            tracked.ended_at = tracked.ended_at or time.time()
+            return "ended" if time.time() - tracked.ended_at > RESULT_GRACE_S else "running"
+        return "running" if _local_job_alive(job) else "ended"
+
+    def _outcome(self, tracked: Tracked) -> Optional[dict]:
+        """{"status", "started", "finished"} of an ended job (None: it is not over)."""
+        from submitit.core.utils import pickle_load
+
+        job, run = tracked.job, tracked.run
+        log = job.paths.stdout
+        if job.paths.result_pickle.exists():
+            try:
+                outcome, value = pickle_load(job.paths.result_pickle)
+            except (OSError, EOFError, ValueError) as error:
+                outcome, value = "error", f"unreadable result {job.paths.result_pickle}: {error}"
+            if outcome == "success" and isinstance(value, dict) and "status" in value:
+                return value
+            reason = _failure_reason(run, str(value))
+        elif self.kind == "slurm" and not self._alive(job):
+            reason = f"job ended without a result (SLURM state {job.state})"
+        elif self.kind != "slurm" and not _local_job_alive(job):
+            reason = "job ended without a result (killed or cancelled)"
+        else:
+            return None
+        return {"status": f"failed: {reason} (job {job.job_id}; log: {log})", "started": tracked.submitted,
+                "finished": time.time()}
+
+    def _poll(self, tracked: Dict[str, Tracked], results: Dict[str, dict]) -> None:
+        if self.kind == "slurm" and tracked:
+            next(iter(tracked.values())).job.watcher.update()  # one sacct call for every job
+        for name, item in list(tracked.items()):
+            mtime = _mtime(item.job.paths.submitted_pickle)
+            if item.pickle_mtime is not None and mtime is not None and mtime != item.pickle_mtime:
+                item.pickle_mtime = mtime  # checkpoint() wrote the call again: preempted or timed out
+                say(f"{name}: requeued (job {item.job.job_id}): {resume_note(item.run).split(': ', 1)[1]}")
+                item.shown = "requeued"
+            state = self._state(item)
+            if state != "ended":
+                if state != item.shown:
+                    say(f"{name}: {state} (job {item.job.job_id})")
+                    item.shown = state
+                continue
+            outcome = self._outcome(item)
+            if outcome is None:
+                continue
+            del tracked[name]
+            _update_last_job(item.run, outcome=outcome["status"])
+            self._finish(item.run, outcome, results, item.job.job_id)
+
+    def _finish(self, run: RunPlan, outcome: dict, results: Dict[str, dict], job_id) -> None:
+        results[run.name] = outcome
+        self.counter += 1
+        status = outcome["status"]
+        took = duration(outcome["finished"] - outcome["started"])
+        job = f" (job {job_id})" if job_id is not None else ""
+        if status.startswith("failed"):
+            line = f"failed: {status[len('failed: '):]}"
+        else:
+            nll = last_valid_nll(run)
+            line = f"{status}{job} in {took}" + ("" if nll is None else f", valid nll {nll:.2f}")
+        say(f"[{self.counter}/{self.total}] {run.name} {line}")
+
+    def _interrupted(self, tracked: Dict[str, Tracked]) -> None:
+        if not tracked:
+            return
+        ids = ", ".join(str(t.job.job_id) for t in tracked.values())
+        cancel = self.cancel_on_interrupt
+        if cancel is None and sys.stdin.isatty():
+            try:
+                cancel = input(f"\ninterrupted: cancel the {len(tracked)} job(s) still queued or running "
+                               f"({ids})? [y/N] ").strip().lower() in ("y", "yes")
+            except (EOFError, KeyboardInterrupt):
+                cancel = False
+        if cancel:
+            for item in tracked.values():
+                self._cancel(item.job)
+            say(f"interrupted: cancelled job(s) {ids}; their runs resume from their checkpoint_last.pt when "
+                f"the same command runs again")
+        else:
+            say(f"interrupted: job(s) {ids} left queued or running; run the same command again to attach to them "
+                f"(--cancel-on-interrupt cancels them instead)")
+
+    def _cancel(self, job) -> None:
+        if self.kind == "slurm":
+            job.cancel(check=False)
+            return
+        pid = int(job.job_id)
+        for target in [pid, *_child_pids(pid)]:  # the controller, or the shell running setup lines and it
+            try:
+                os.kill(target, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 30
+        while _local_job_alive(job) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+def _failure_reason(run: RunPlan, trace: str) -> str:
+    """Why a job failed: the FAILED file its run left, else the last line of its traceback."""
+    try:
+        reason = (run.run_dir / FAILED_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        reason = ""
+    if reason:
+        return reason
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "the job failed"
+
+
+def _mtime(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _child_pids(pid: int) -> List[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _local_job_alive(job) -> bool:
+    """Whether a submitit-local job's controller (its job id is the controller's pid) still runs:
+    the process this pipeline started, or one whose command line names the job's folder."""
+    process = getattr(job, "_process", None)
+    if process is not None:
+        return process.poll() is None
+    pid = int(job.job_id)
+    if not pid_running(pid):
+        return False
+    try:  # the pid may have been reused; with setup lines the controller runs under a shell (sh -c)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return False
+    return not zombie and str(job.paths.folder) in cmdline
+
+
+def make_launcher(args, recipe: Recipe, overrides: Dict[str, object]):
+    """The launcher that --launcher names, with the recipe as its jobs train it (multi-GPU runs)."""
+    from labo_fairseq.experiment.runner import LocalLauncher
+
+    if args.launcher == "pool":
+        return recipe, LocalLauncher(args.jobs, args.progress)
+    settings = job_settings(recipe, overrides)
+    in_flight = args.jobs if args.launcher == "submitit-local" else int(settings["array_parallelism"])
+    cancel = True if args.cancel_on_interrupt else None
+    return distributed_recipe(recipe, settings), SubmititLauncher(args.launcher, settings, in_flight,
+                                                                  wait=not args.no_wait, cancel_on_interrupt=cancel)
