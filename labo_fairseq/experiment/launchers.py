@@ -8,9 +8,11 @@ running the same command again attaches to a job still queued or running instead
 the run a second time. A preempted or timed-out job (submitit's signal, USR2) stops its training
 child and is requeued (RunJob.checkpoint); it resumes from the last checkpoint saved.
 """
+import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -259,6 +261,8 @@ class SubmititLauncher:
 
     def describe(self, count: int) -> str:
         gpus = int(self.settings["gpus_per_run"])
+        if self.kind == "submitit-local" and not self._local_gpus(advance=False).get("gpus_per_node"):
+            gpus = 0
         each = f"{gpus} GPU(s) each" if gpus else "no GPU"
         if self.kind == "slurm":
             where = f" on partition {self.settings['partition']}" if "partition" in self.settings else ""
@@ -266,6 +270,9 @@ class SubmititLauncher:
         return f"one submitit-local job each ({each}), {min(count, self.in_flight)} at a time"
 
     def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
+        if self.kind == "slurm" and shutil.which("srun") is None:
+            raise UserError("--launcher slurm: no srun here: run it on a SLURM cluster's login node (--dry-run "
+                            "prints the jobs' sbatch scripts anywhere)")
         self.counter = 0
         self.total = len(runs)
         results: Dict[str, dict] = {}
@@ -343,11 +350,8 @@ class SubmititLauncher:
                          results, None)
             return None
         executor = self._executor(recipe, run)
-        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: Ctrl-C here leaves local jobs be
-        try:
+        with _detached():
             job = executor.submit(RunJob(recipe, run, subsets))
-        finally:
-            signal.signal(signal.SIGINT, ignored)
         now = time.time()
         _record_job(run, {"launcher": self.kind, "id": str(job.job_id), "folder": str(job_folder(run)),
                           "submitted": now})
@@ -359,10 +363,7 @@ class SubmititLauncher:
         if self.kind == "slurm":
             from submitit import SlurmExecutor
 
-            try:
-                executor = SlurmExecutor(folder=folder)
-            except RuntimeError as error:  # no srun: not on a SLURM cluster
-                raise UserError(f"--launcher slurm: {error} (--dry-run shows the jobs without submitting)") from None
+            executor = SlurmExecutor(folder=folder)
             executor.update_parameters(**sbatch_parameters(recipe, run, self.settings))
             return executor
         from submitit import LocalExecutor
@@ -373,7 +374,7 @@ class SubmititLauncher:
                                    **self._local_gpus())
         return executor
 
-    def _local_gpus(self) -> dict:
+    def _local_gpus(self, advance: bool = True) -> dict:
         """submitit-local: the GPUs of the next job, round-robin over the visible ones."""
         from labo_fairseq.experiment.runner import gpu_slots
 
@@ -383,7 +384,7 @@ class SubmititLauncher:
             return {"gpus_per_node": 0}
         start = getattr(self, "_next_gpu", 0)
         chosen = [int(devices[(start + k) % len(devices)]) for k in range(gpus)]
-        self._next_gpu = start + gpus
+        self._next_gpu = start + gpus if advance else start
         return {"gpus_per_node": gpus, "visible_gpus": chosen}
 
     def _job(self, run: RunPlan, entry: dict):
@@ -511,6 +512,29 @@ class SubmititLauncher:
         deadline = time.time() + 30
         while _local_job_alive(job) and time.time() < deadline:
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _detached():
+    """While submitting: a submitit-local job's controller (a child process) inherits SIGINT
+    ignored, so that a Ctrl-C at this terminal does not reach it, and /dev/null for its standard
+    streams, so that it keeps no pipe of this process open (`... --no-wait | tee` would wait for
+    the jobs)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    null = os.open(os.devnull, os.O_RDWR)
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, copy in zip((0, 1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+        signal.signal(signal.SIGINT, ignored)
 
 
 def _failure_reason(run: RunPlan, trace: str) -> str:
