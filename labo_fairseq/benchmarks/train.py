@@ -44,7 +44,16 @@ VARIANTS = {
 }
 IMPL_VARIANTS = {f"{base}-{impl}": [*VARIANTS[base], "--labo-impl", impl]
                  for base in ("labo-fused", "labo-unfused") for impl in ("torch", "triton")}
-ALL_VARIANTS = {**VARIANTS, **IMPL_VARIANTS}
+# the other label regularizers: Online Label Smoothing (dense S, top-K S) and SAM on label smoothing
+REGULARIZER_VARIANTS = {
+    "ols-dense": ["--user-dir", str(PACKAGE_PARENT / "labo_fairseq"), "--criterion", "label_smoothed_ols",
+                  "--label-smoothing", "0.1", "--ols-topk", "0"],
+    "ols-topk": ["--user-dir", str(PACKAGE_PARENT / "labo_fairseq"), "--criterion", "label_smoothed_ols",
+                 "--label-smoothing", "0.1", "--ols-topk", "64"],
+    "sam": ["--user-dir", str(PACKAGE_PARENT / "labo_fairseq"), "--task", "translation_sam",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
+}
+ALL_VARIANTS = {**VARIANTS, **IMPL_VARIANTS, **REGULARIZER_VARIANTS}
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "amp": ["--amp"]}
 PEAK_TAG = "bench_train peak CUDA memory:"
 
