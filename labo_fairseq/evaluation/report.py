@@ -41,6 +41,12 @@ from labo_fairseq.evaluation.runs import Run, load_run
 from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic
 
 BASELINE_METHOD = "ls"
+# run.json's "method" (and a SAM or IVON run's "criterion") as the report names it
+METHOD_NAMES = {"ls": "LS", "tsla": "TSLA", "labo": "LABO", "ivon": "IVON", "ols": "OLS", "sam": "SAM", "ce": "CE"}
+# run.json keys that are a method's hyper-parameters, in the order the report shows them, with their names
+HYPERPARAMETERS = (("criterion", "on"), ("label_smoothing", "α"), ("tau", "τ"), ("stop_update", "stop at update"),
+                   ("ols_weight", "w"), ("ols_topk", "top-K"), ("sam_rho", "ρ"), ("sam_adaptive", "adaptive (ASAM)"),
+                   ("lr", "lr"), ("mc_samples", "MC samples"), ("ess", "ess"), ("hess_init", "hess init"))
 SCORE_KEYS = (("bleu", "BLEU (tok.)"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF"), ("ter", "TER"))
 SIGNIFICANCE_METRICS = (("sacrebleu", "sacreBLEU"), ("chrf", "chrF"))
 DEFAULT_RARE_BELOW = 10
@@ -95,7 +101,28 @@ def _group_runs(runs: Sequence[Run]) -> List[dict]:
         group["config"] = first.config
         group["tau"] = first.hyperparameter("tau") if group["method"] != BASELINE_METHOD else None
         group["label_smoothing"] = first.hyperparameter("label_smoothing")
+        group["hyperparameters"] = _hyperparameters(first)
     return list(groups.values())
+
+
+def _hyperparameters(run: Run) -> Dict[str, object]:
+    """{key: value} of the HYPERPARAMETERS run.json records (τ and α also from its train_command)."""
+    out = {}
+    for key, _ in HYPERPARAMETERS:
+        value = run.info.get(key)
+        if value is None and key in ("tau", "label_smoothing"):
+            value = run.hyperparameter(key)
+        if value is not None and value is not False:
+            out[key] = value
+    return out
+
+
+def _hyperparameter_text(values: Dict[str, object]) -> str:
+    """'on LS, α 0.1, ρ 0.05' for the report's methods table."""
+    names = dict(HYPERPARAMETERS)
+    words = [names[k] if v is True else f"{names[k]} {METHOD_NAMES.get(v, v)}" if k == "criterion" else
+             f"{names[k]} {v:g}" if isinstance(v, float) else f"{names[k]} {v}" for k, v in values.items()]
+    return ", ".join(words) or DASH
 
 
 def _choose_baselines(groups: List[dict], baseline: Optional[str]) -> Tuple[Optional[dict], Dict[str, dict]]:
@@ -264,6 +291,7 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
         {"subsets": [...], "subset": subsets[0], "baseline": label | None, "level": "word" | "token",
          "rare_range": [1, rare_below], "test": {"description", "samples", "alpha", "sided"},
          "methods": [{"label", "method", "config", "tau", "label_smoothing", "seeds", "runs",
+                      "hyperparameters": {run.json key: value} (HYPERPARAMETERS),
                       "baseline": label of the LS group it is compared with | None,
                       "by_subset": {subset: {"bleu" | "sacrebleu" | "chrf" | "ter" | "length_ratio" | "rare_f1":
                                                  {"mean", "std", "n", "values"} | None,
@@ -315,6 +343,7 @@ def build_report(run_dirs: Sequence, out_dir, subsets: Optional[Sequence[str]] =
         base = pairing.get(group["label"])
         entry = {"label": group["label"], "method": group["method"], "config": group["config"],
                  "tau": group["tau"], "label_smoothing": group["label_smoothing"],
+                 "hyperparameters": group["hyperparameters"],
                  "seeds": [run.seed for run in group["runs"]], "runs": [str(run.path) for run in group["runs"]],
                  "baseline": base["label"] if base else None, "by_subset": {}}
         for s in subsets:
@@ -586,6 +615,9 @@ def _sections(headline: dict, groups: List[dict], runs: List[Run], pairing: Dict
                                  if reference.get("lowercase") else "") + ".",
         "Scores are mean ± sample sd over seeds; Δ is against the LS group named in each row.",
     ]))
+    items.append(("table", (["Method", "Kind", "Hyper-parameters", "Seeds"],
+                            [[m["label"], METHOD_NAMES.get(m["method"], m["method"]),
+                              _hyperparameter_text(m["hyperparameters"]), len(m["seeds"])] for m in methods])))
     items.append(("p", "Signatures: " + "; ".join(
         f"{name}: `{first[key]['signature']}`" for key, name in (("sacrebleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"))
         if isinstance(first.get(key), dict) and first[key].get("signature"))))

@@ -47,6 +47,16 @@ present in the data-bin once it exists)::
     lr = 0.2                     # required: IVON's lr has its own scale; optional: mc_samples,
                                  # ess, hess_init. The [train] optimizer flags (--optimizer,
                                  # --adam-*, --lr) and --fp16/--bf16/--amp are dropped for it.
+    [[methods]]
+    kind = "ols"                 # Online Label Smoothing (label_smoothed_ols): epoch 1 smooths
+    ols_weight = [0.3, 0.5]      # uniformly (label_smoothing), later epochs towards each gold
+                                 # type's mean correct prediction; w in [0, 1], a list is a grid;
+                                 # ols_topk = K keeps K entries per row of S (0: dense)
+    [[methods]]
+    kind = "sam"                 # SAM: --task translation_sam, two forward/backward passes per
+    sam_rho = [0.05, 0.1]        # update; rho > 0, a list is a grid; sam_adaptive = true: ASAM
+    criterion = "ls"             # on top of "ls" (default), "labo" (with tau) or "ols" (with
+                                 # ols_weight). fp32 only: --fp16/--bf16/--amp are dropped for it.
 
 Methods may also carry `label` (the name in tables) and `args` (extra fairseq-train flags).
 Strings may use {DATA_DIR} (the --data-dir option or $DATA_DIR) and {REPO} (this checkout).

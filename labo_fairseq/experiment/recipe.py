@@ -14,8 +14,11 @@ from labo_fairseq.evaluation.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fairseq's --user-dir, in a checkout or installed
 REPO = PACKAGE_DIR.parent
 PYTHON_BIN = Path(sys.executable).parent
-METHOD_KINDS = ("ls", "labo", "tsla", "ivon")
+METHOD_KINDS = ("ls", "labo", "tsla", "ivon", "ols", "sam")
 IVON_CRITERIA = ("ce", "ls", "labo")
+SAM_CRITERIA = ("ls", "labo", "ols")  # SAM runs on top of one of these (default ls)
+# keys that only some kinds take (the others refuse them instead of ignoring them)
+KIND_KEYS = {"ols_weight": ("ols", "sam"), "ols_topk": ("ols", "sam"), "sam_rho": ("sam",), "sam_adaptive": ("sam",)}
 CHECKPOINT_POLICIES = ("last", "average", "best")
 BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
 
@@ -25,7 +28,7 @@ TRAIN_KEYS = {"args", "average_last", "save_interval_updates"}
 DEFAULT_SAVE_INTERVAL_UPDATES = 250
 EVALUATE_KEYS = {"beam", "lenpen", "batch_size", "cpu", "longtail_level", "checkpoint", "average_last"}
 METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args", "criterion", "lr", "mc_samples",
-               "ess", "hess_init"}
+               "ess", "hess_init", "ols_weight", "ols_topk", "sam_rho", "sam_adaptive"}
 
 
 class RecipeError(UserError):
@@ -40,6 +43,7 @@ class Method:
     criterion_args: List[str]
     params: Dict[str, object] = field(default_factory=dict)
     own_optimizer: bool = False  # IVON: the recipe's optimizer and precision flags do not apply
+    fp32_only: bool = False      # SAM: the recipe's precision flags do not apply (the task refuses them)
 
 
 @dataclass
@@ -129,8 +133,18 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
         label = entry.get("label")
         if label is not None and not isinstance(label, str):
             raise RecipeError(f"{here}.label must be a string, got {label!r}")
+        misplaced = sorted(k for k, kinds in KIND_KEYS.items() if k in entry and kind not in kinds)
+        if misplaced:
+            raise RecipeError(f"{here} ({kind}) does not take {', '.join(misplaced)}")
         if kind == "ivon":
             methods += _ivon_methods(entry, here, alphas, extra, label)
+            continue
+        if kind == "sam":
+            methods += _sam_methods(entry, here, alphas, extra, label)
+            continue
+        if kind == "ols":
+            methods += [Method("ols", name, label or smoothing, ["--user-dir", str(PACKAGE_DIR), *args, *extra], params)
+                        for name, smoothing, args, params in _criterion_settings("ols", entry, here, alphas)]
             continue
         if kind == "ls":
             for alpha in alphas:
@@ -188,42 +202,80 @@ def _ivon_methods(entry: dict, here: str, alphas: List[float], extra: List[str],
             (value,) = _number_list(entry, key, None, here, lambda v: v > 0.0, "a finite number > 0")
             ivon_flags += [flag, _fmt(value)]
             params[key] = value
-    if criterion == "ce":
-        settings = [("ivon-ce", "CE", ["--criterion", "cross_entropy"], {})]
-    elif criterion == "ls":
-        settings = [(f"ivon-ls-a{_fmt(a)}", f"LS α={_fmt(a)}",
-                     ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _fmt(a)], {"label_smoothing": a})
-                    for a in alphas]
-    else:
-        taus = _taus(entry, here)
-        settings = [(f"ivon-labo-a{_fmt(a)}-tau{_fmt(t)}", f"LABO α={_fmt(a)} τ={_fmt(t)}",
-                     _labo_args(a, t)[2:],  # --user-dir comes with the task below
-                     {"label_smoothing": a, "tau": _fmt(t)}) for a in alphas for t in taus]
     samples = f", {mc} samples" if mc > 1 else ""
-    return [Method("ivon", f"{name}-lr{_fmt(lr)}" + (f"-mc{mc}" if mc > 1 else ""),
+    return [Method("ivon", f"ivon-{name}-lr{_fmt(lr)}" + (f"-mc{mc}" if mc > 1 else ""),
                    label or f"IVON + {smoothing} (lr {_fmt(lr)}{samples})",
                    ["--user-dir", str(PACKAGE_DIR), "--task", "translation_ivon", "--optimizer", "ivon",
                     "--lr", _fmt(lr), *ivon_flags, *crit, *extra],
                    {**params, "lr": lr, **crit_params}, own_optimizer=True)
-            for lr in lrs for name, smoothing, crit, crit_params in settings]
+            for lr in lrs for name, smoothing, crit, crit_params in _criterion_settings(criterion, entry, here, alphas)]
 
 
-# flags of the recipe's common training arguments that a method with its own optimizer drops:
+def _sam_methods(entry: dict, here: str, alphas: List[float], extra: List[str], label: Optional[str]) -> List[Method]:
+    """kind = "sam": fairseq-train with --task translation_sam on top of the criterion "ls"
+    (default), "labo" or "ols"; a list of sam_rho gives one method each. SAM refuses reduced
+    precision, so the recipe's --fp16/--bf16/--amp are dropped for it."""
+    criterion = entry.get("criterion", "ls")
+    if criterion not in SAM_CRITERIA:
+        raise RecipeError(f"{here}.criterion must be one of {', '.join(SAM_CRITERIA)}, got {criterion!r}")
+    # the task's own start-up check (translation_sam), here at check time
+    rhos = _number_list(entry, "sam_rho", 0.05, here, lambda v: v > 0.0, "a finite number > 0")
+    adaptive = entry.get("sam_adaptive", False)
+    if not isinstance(adaptive, bool):
+        raise RecipeError(f"{here}.sam_adaptive must be true or false, got {adaptive!r}")
+    sam, adaptive_flag = ("asam", ["--sam-adaptive"]) if adaptive else ("sam", [])
+    return [Method("sam", f"{sam}-{name}-r{_fmt(rho)}", label or f"{sam.upper()} + {smoothing} (ρ {_fmt(rho)})",
+                   ["--user-dir", str(PACKAGE_DIR), "--task", "translation_sam", "--sam-rho", _fmt(rho),
+                    *adaptive_flag, *crit, *extra],
+                   {**crit_params, "criterion": criterion, "sam_rho": rho, "sam_adaptive": adaptive}, fp32_only=True)
+            for rho in rhos for name, smoothing, crit, crit_params in _criterion_settings(criterion, entry, here, alphas)]
+
+
+def _criterion_settings(criterion: str, entry: dict, here: str, alphas: List[float]):
+    """[(name, label, fairseq flags, params)] of the criterion a method trains with ("ce", "ls",
+    "labo" over the grid of label_smoothing x tau, "ols" over label_smoothing x ols_weight); the
+    flags leave out --user-dir, which the method adds."""
+    if criterion == "ce":
+        return [("ce", "CE", ["--criterion", "cross_entropy"], {})]
+    if criterion == "ls":
+        return [(f"ls-a{_fmt(a)}", f"LS α={_fmt(a)}",
+                 ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", _fmt(a)], {"label_smoothing": a})
+                for a in alphas]
+    if criterion == "labo":
+        taus = _taus(entry, here)
+        return [(f"labo-a{_fmt(a)}-tau{_fmt(t)}", f"LABO α={_fmt(a)} τ={_fmt(t)}", _labo_args(a, t)[2:],
+                 {"label_smoothing": a, "tau": _fmt(t)}) for a in alphas for t in taus]
+    # the criterion's own start-up checks (label_smoothed_ols._check_flags), here at check time
+    weights = _number_list(entry, "ols_weight", 0.5, here, lambda w: 0.0 <= w <= 1.0, "a number in [0, 1]")
+    topk = entry.get("ols_topk")
+    if topk is not None and (not isinstance(topk, int) or isinstance(topk, bool) or topk < 0):
+        raise RecipeError(f"{here}.ols_topk must be an integer >= 0 (0: dense S), got {topk!r}")
+    top_flags, top_name, top_label = ([], "", "") if topk is None else \
+        (["--ols-topk", str(topk)], f"-k{topk}", " dense" if topk == 0 else f" top-{topk}")
+    return [(f"ols-a{_fmt(a)}-w{_fmt(w)}{top_name}", f"OLS α={_fmt(a)} w={_fmt(w)}{top_label}",
+             ["--criterion", "label_smoothed_ols", "--label-smoothing", _fmt(a), "--ols-weight", _fmt(w), *top_flags],
+             {"label_smoothing": a, "ols_weight": w, **({} if topk is None else {"ols_topk": topk})})
+            for a in alphas for w in weights]
+
+
+# flags of the recipe's common training arguments that a method with its own optimizer drops
+# (all of them) or that a method trained in fp32 drops (the precision flags):
 # (flag or prefix, takes a value)
-OPTIMIZER_FLAGS = (("--optimizer", True), ("--lr", True), ("--adam-", True), ("--use-old-adam", False),
-                   ("--fp16", False), ("--bf16", False), ("--amp", False), ("--memory-efficient-fp16", False),
+PRECISION_FLAGS = (("--fp16", False), ("--bf16", False), ("--amp", False), ("--memory-efficient-fp16", False),
                    ("--memory-efficient-bf16", False))
+OPTIMIZER_FLAGS = (("--optimizer", True), ("--lr", True), ("--adam-", True), ("--use-old-adam", False),
+                   *PRECISION_FLAGS)
 
 
-def without_optimizer_flags(args: Sequence[str]) -> List[str]:
-    """`args` without the optimizer and precision flags (and their values)."""
+def without_optimizer_flags(args: Sequence[str], flags=OPTIMIZER_FLAGS) -> List[str]:
+    """`args` without the optimizer and precision flags (or the given `flags`) and their values."""
     out, skip_value = [], False
     for word in args:
         if skip_value and not word.startswith("--"):
             skip_value = False
             continue
         skip_value = False
-        match = next(((f, v) for f, v in OPTIMIZER_FLAGS if word == f or (f.endswith("-") and word.startswith(f))),
+        match = next(((f, v) for f, v in flags if word == f or (f.endswith("-") and word.startswith(f))),
                      None)
         if match is None:
             out.append(word)

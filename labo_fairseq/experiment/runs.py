@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from labo_fairseq.evaluation.runs import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, averaged_checkpoint
-from labo_fairseq.experiment.recipe import PYTHON_BIN, Method, Recipe, RecipeError, without_optimizer_flags
+from labo_fairseq.experiment.recipe import (PRECISION_FLAGS, PYTHON_BIN, Method, Recipe, RecipeError,
+                                            without_optimizer_flags)
 
 
 @dataclass
@@ -40,6 +41,8 @@ def select_runs(runs: Sequence[RunPlan], only: Optional[Sequence[str]], where: s
 
 def train_command(recipe: Recipe, run: RunPlan) -> List[str]:
     common = without_optimizer_flags(recipe.train_args) if run.method.own_optimizer else recipe.train_args
+    if run.method.fp32_only:
+        common = without_optimizer_flags(common, PRECISION_FLAGS)
     return [str(PYTHON_BIN / "fairseq-train"), str(recipe.data_bin), *common,
             *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints)]
 
