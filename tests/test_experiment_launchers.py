@@ -6,9 +6,9 @@ signal submitit's jobs get before a time limit or preemption: USR2) and Ctrl-C. 
 itself is checked through the sbatch scripts that submitit's SlurmExecutor writes (--dry-run)."""
 import json
 import os
+import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,7 @@ def test_slurm_section_errors_are_one_line(toy_data_bin, tmp_path, table, messag
     recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "ls"\n')
     text = recipe.read_text()
     recipe.write_text(table + text if table.startswith("slurm =") else text + table)
-    with pytest.raises(RecipeError, match=None) as error:
+    with pytest.raises(RecipeError) as error:
         load_recipe(recipe)
     assert message in str(error.value) and str(recipe) in str(error.value)
     proc = experiment(recipe, tmp_path / "out", "--launcher", "slurm", "--dry-run")
@@ -165,7 +165,7 @@ def test_submitit_local_jobs_attach_requeue_and_report(toy_data_bin, tmp_path):
     text = log.read_text()
     assert text.count("attached to job") == 3, text
     assert "submitted as job" not in text  # nothing submitted twice
-    assert f"left queued or running; run the same command again to attach" in text
+    assert "left queued or running; run the same command again to attach" in text
     assert pid_running(int(ls_job))  # the requeued job goes on without the pipeline
 
     # 3. attach again and wait: every run ends, the report is written
@@ -185,8 +185,7 @@ def test_submitit_local_jobs_attach_requeue_and_report(toy_data_bin, tmp_path):
     assert jobs_of(ls)[0]["outcome"] == "done"
     # the preempted run resumed from its checkpoint and trained to the same final update
     train_log = (ls / "train.log").read_text()
-    resumed = [int(u) for u in __import__("re").findall(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)",
-                                                         train_log)]
+    resumed = [int(u) for u in re.findall(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)", train_log)]
     assert resumed and resumed[-1] >= 10, train_log[-2000:]
     assert "num_updates 40" in train_log.rsplit("Loaded checkpoint", 1)[1]
     assert "num_updates 40" in (labo / "train.log").read_text()

@@ -25,8 +25,8 @@ from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import duration, say
 from labo_fairseq.experiment.progress import last_valid_nll, resume_note
 from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, slurm_setting_error
-from labo_fairseq.experiment.records import (KEPT_RUN_KEYS, RunRefused, check_run_dir, data_fingerprint, evaluation_change,
-                                             prepare_run_dir)
+from labo_fairseq.experiment.records import (KEPT_RUN_KEYS, RunRefused, check_run_dir, data_fingerprint,
+                                             evaluation_change, prepare_run_dir)
 from labo_fairseq.experiment.runs import RunPlan
 from labo_fairseq.procs import pid_running
 from labo_fairseq.textfiles import read_json_object, write_json_atomic
@@ -139,7 +139,8 @@ def describe_jobs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, o
     """--launcher slurm --dry-run: each run's sbatch script."""
     lines = [f"# SLURM jobs: one per run, at most {settings['array_parallelism']} queued or running at once"]
     for run in runs:
-        lines += ["", f"# ---- {run.name}: {job_folder(run) / '<job id>_submission.sh'}", sbatch_script(recipe, run, settings)]
+        script = job_folder(run) / "<job id>_submission.sh"
+        lines += ["", f"# ---- {run.name}: {script}", sbatch_script(recipe, run, settings)]
     return "\n".join(lines)
 
 
