@@ -14,9 +14,12 @@ from typing import Iterable, Iterator, List
 from labo_fairseq.errors import UserError
 
 
-def iter_lines(path, what: str = "file") -> Iterator[str]:
-    """Yields the lines of a UTF-8 text file (plain, or gzip when the name ends in .gz) without '\\n'."""
+def iter_lines(path, what: str = "file", shown=None) -> Iterator[str]:
+    """Yields the lines of a UTF-8 text file (plain, or gzip when the name ends in .gz) without '\\n'.
+    Errors name the file as `shown` when given (the user's file or archive member that `path` is
+    a working copy of)."""
     path = Path(path)
+    where = f"{what} {path if shown is None else shown}"
     opener = gzip.open if path.suffix == ".gz" else open
     number = 0
     try:
@@ -25,15 +28,15 @@ def iter_lines(path, what: str = "file") -> Iterator[str]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
-                    raise UserError(f"{what} {path}: line {number} is not valid UTF-8 "
+                    raise UserError(f"{where}: line {number} is not valid UTF-8 "
                                     f"(byte {error.start + 1}: {error.reason})") from None
                 yield line[:-1] if line.endswith("\n") else line
     except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist") from None
+        raise UserError(f"{where} does not exist") from None
     except IsADirectoryError:
-        raise UserError(f"{what} {path} is a directory, expected a file") from None
+        raise UserError(f"{where} is a directory, expected a file") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise UserError(f"{what} {path}: corrupt or truncated gzip file after line {number} "
+        raise UserError(f"{where}: corrupt or truncated gzip file after line {number} "
                         f"({error or type(error).__name__})") from None
 
 

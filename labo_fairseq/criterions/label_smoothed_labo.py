@@ -36,7 +36,7 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
     labo_tau: float = field(
         default=1.25,
         metadata={"help": "tau = beta / alpha: temperature of LABO's smoothing distribution over the "
-                          "non-target tokens, > 0; 'inf' makes it uniform (fairseq's label smoothing)"},
+                          f"non-target tokens, >= {TAU_MIN:g}; 'inf' makes it uniform (fairseq's label smoothing)"},
     )
     labo_chunk_size: Optional[int] = field(
         default=None,

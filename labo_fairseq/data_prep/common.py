@@ -14,7 +14,6 @@ How a dataset command fails (each is one line, without a traceback, through run_
 import argparse
 import contextlib
 import errno
-import fcntl
 import gzip
 import json
 import multiprocessing
@@ -32,6 +31,7 @@ import zlib
 from pathlib import Path
 
 from labo_fairseq.errors import EXIT_INTERRUPTED, UserError, run_command
+from labo_fairseq.locks import LockFile
 from labo_fairseq.procs import child_command, die_with_parent, pid_running
 from labo_fairseq.textfiles import iter_lines
 from labo_fairseq.textfiles import write_lines as _write_lines
@@ -61,19 +61,8 @@ def member_name(archive, member):
     return f"{member} in {archive}"
 
 
-def read_lines(path, name=None):
-    """Yields the lines of a text file (see labo_fairseq.textfiles.iter_lines); errors name the file
-    as `name` when given: the user's file or archive member that `path` is a working copy of."""
-    try:
-        yield from iter_lines(path)
-    except UserError as error:
-        if name is None:
-            raise PrepError(str(error)) from None
-        raise PrepError(str(error).replace(str(path), str(name))) from None
-
-
 def count_lines(path, name=None):
-    return sum(1 for _ in read_lines(path, name))
+    return sum(1 for _ in iter_lines(path, shown=name))
 
 
 def check_counts(src_name, n_src, tgt_name, n_tgt, unit="lines"):
@@ -166,7 +155,7 @@ def map_lines(transform, lines, workers, desc=None):
 def map_file(transform, src, dest, workers, name=None):
     """Applies a block transform to every line of src (named as `name` in errors), writing dest;
     returns the line count."""
-    return write_lines(dest, map_lines(transform, read_lines(src, name), workers, desc=Path(dest).name))
+    return write_lines(dest, map_lines(transform, iter_lines(src, shown=name), workers, desc=Path(dest).name))
 
 
 # ---------------------------------------------------------------------------------------- raw inputs
@@ -265,7 +254,7 @@ def extract_segments(path, name=None):
     """
     shown = name or path
     segments = []
-    for number, line in enumerate(read_lines(path, name), 1):
+    for number, line in enumerate(iter_lines(path, shown=name), 1):
         if "<seg id" not in line:
             continue
         match = _SEGMENT_LINE.fullmatch(line)
@@ -399,38 +388,10 @@ class StagedOutputs:
         return self
 
     def _acquire_lock(self):
-        """An open lock file holding an exclusive flock. The file is removed when the run ends, so a
-        lock taken on a file that was unlinked meanwhile is dropped and taken again on the new one."""
         path = self.out_dir / f".{self.tag}.lock"
-        recreated = False
-        while True:
-            try:
-                handle = open(path, "a+", encoding="utf-8")
-            except FileNotFoundError:
-                if recreated:
-                    raise
-                self.makedirs(self.out_dir)  # a failed run that had created out_dir just removed it
-                recreated = True
-                continue
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                raise PrepError(f"{self.out_dir} is in use by another {self.tag} run (process {holder}, "
-                                f"lock {path}); wait for it to finish or pass another --out") from None
-            try:
-                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"{os.getpid()}\n")
-                handle.flush()
-                return handle
-            handle.close()
+        return LockFile(path, lambda holder: PrepError(
+            f"{self.out_dir} is in use by another {self.tag} run (process {holder}, lock {path}); wait for it to "
+            f"finish or pass another --out"), make_parent=lambda: self.makedirs(self.out_dir))
 
     def _remove_stale(self):
         """Removes `.TAG.tmp-*` directories whose owner process is gone (with the lock held, no other
@@ -562,8 +523,7 @@ class StagedOutputs:
                 self.root = None
         finally:
             if self.lock is not None:
-                Path(self.lock.name).unlink(missing_ok=True)
-                self.lock.close()
+                self.lock.release()
                 self.lock = None
             if not self.committed:
                 for directory in reversed(self.created):

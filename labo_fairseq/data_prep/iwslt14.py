@@ -83,7 +83,7 @@ def build(args, staging, text_dir, bin_dir):
         tokeniser = MosesPipeline(lang, ["tokenize"])
         n_tok[lang] = common.write_lines(
             tmp / f"train.tags.tok.{lang}",
-            common.map_lines(tokeniser, train_text_lines(common.read_lines(files[member], names[member])),
+            common.map_lines(tokeniser, train_text_lines(common.iter_lines(files[member], shown=names[member])),
                              args.workers))
         log(TAG, f"train.{lang}: {n_raw} lines, {n_raw - n_tok[lang]} tag lines dropped, {n_tok[lang]} tokenised "
                  f"({timer})")
@@ -99,7 +99,7 @@ def build(args, staging, text_dir, bin_dir):
                         f"(1..175 tokens, length ratio 1.5)")
 
     for lang in (SRC, TGT):
-        lines = [lowercase(line) for line in common.read_lines(tmp / f"train.clean.{lang}")]
+        lines = [lowercase(line) for line in common.iter_lines(tmp / f"train.clean.{lang}")]
         common.write_lines(tmp / f"valid.{lang}",
                            (line for n, line in enumerate(lines, 1) if n % VALID_EVERY == 0))
         common.write_lines(tmp / f"train.{lang}",

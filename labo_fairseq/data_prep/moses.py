@@ -11,7 +11,9 @@ from collections import Counter
 import regex
 from sacremoses import MosesTokenizer
 
-from .common import PrepError, read_lines
+from labo_fairseq.textfiles import iter_lines
+
+from .common import PrepError
 
 MOSES_DIFFERENCES = """\
 - whitespace-only input lines: tokenizer.perl prints them unchanged, we print an empty line
@@ -204,7 +206,7 @@ def clean_corpus(src_in, tgt_in, src_out, tgt_out, min_len=1, max_len=175, ratio
     dropped = Counter()
     n_in = n_out = 0
     long_word = re.compile(f"[^{_PERL_SPACE}|]{{{max_word_length + 1}}}")
-    src_lines, tgt_lines = read_lines(src_in), read_lines(tgt_in)
+    src_lines, tgt_lines = iter_lines(src_in), iter_lines(tgt_in)
     strip_bars = True
     with open(src_out, "w", encoding="utf-8", newline="\n") as src_o, \
             open(tgt_out, "w", encoding="utf-8", newline="\n") as tgt_o:

@@ -113,7 +113,7 @@ def build(args, staging, text_dir, bin_dir):
         if counts[split] == 0:
             raise PrepError(f"{paths[f'{raw_name}.{SRC}']}: no lines")
         log(TAG, f"{raw_name} -> {split}: {counts[split]} pairs tokenised ({timer})")
-    empty = sum(1 for line in common.read_lines(tok_dir / f"train.{TGT}") if not line)
+    empty = sum(1 for line in common.iter_lines(tok_dir / f"train.{TGT}") if not line)
     if empty == counts["train"]:
         raise PrepError(f"{paths['train.' + TGT]}: every line is empty")
 
@@ -135,7 +135,7 @@ def build(args, staging, text_dir, bin_dir):
                             shown=staging.shown(bin_dir))
     log(TAG, f"binarised into data-bin/{NAME}: joined dictionary {sizes[SRC]} types ({timer})")
     raw_refs = common.write_raw_references(bin_dir, TGT, {
-        split: common.read_lines(paths[f"{raw}.{TGT}"]) for raw, split in splits.items() if split != "train"})
+        split: common.iter_lines(paths[f"{raw}.{TGT}"]) for raw, split in splits.items() if split != "train"})
     common.write_prepare_json(bin_dir, {
         "dataset": "multi30k", "source_lang": SRC, "target_lang": TGT, "subwords": args.subwords,
         **subword_record, "dictionary_sizes": sizes,

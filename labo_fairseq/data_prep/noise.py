@@ -119,7 +119,7 @@ def apply_to_training_target(args, text_dir, tgt: str, tag: str):
     timer = common.Timer()
     path = text_dir / f"train.{tgt}"
     clean = text_dir / f"train.clean.{tgt}"
-    lines = list(common.read_lines(path))
+    lines = list(common.iter_lines(path))
     noisy, record = corrupt_lines(lines, args.target_noise, args.target_noise_mode, args.target_noise_seed)
     os.replace(path, clean)
     common.write_lines(path, noisy)

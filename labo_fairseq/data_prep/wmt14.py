@@ -122,14 +122,15 @@ def build(args, staging, text_dir, bin_dir):
                 timer = Timer()
                 n = 0
                 member = f"{prefix}.{lang}"
-                for line in common.map_lines(pipeline, common.read_lines(raw[member], names[member]), args.workers):
+                lines = common.iter_lines(raw[member], shown=names[member])
+                for line in common.map_lines(pipeline, lines, args.workers):
                     out.write(line + "\n")
                     n += 1
                 log(TAG, f"{prefix}.{lang}: {n} lines normalised and tokenised ({timer})")
 
     counts = {}
     raw_targets = {}  # newstest2013/2014 German as published (the .sgm segments' text), for sacreBLEU
-    for split, members, extract in (("valid", VALID_MEMBERS, common.read_lines),
+    for split, members, extract in (("valid", VALID_MEMBERS, lambda path, name: common.iter_lines(path, shown=name)),
                                     ("test", TEST_MEMBERS, common.extract_segments)):
         for lang in (SRC, TGT):
             pipeline = MosesPipeline(lang, ["apostrophe", "tokenize-aggressive"])

@@ -252,16 +252,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "labo-evaluate") -> N
             raise EvaluationError(f"{known} (full log: {log})")
         raise EvaluationError(f"fairseq-generate failed (exit status {status}): {failure_summary(log)} "
                               f"(full log: {log})")
-    score_args = ["--generate-out", str(out_dir / GENERATE_OUT), "--out-dir", str(out_dir),
-                  "--target-lang", info.target_lang, "--source-lang", info.source_lang,
-                  "--data-bin", str(args.data_bin), "--subset", args.subset]
-    if args.raw_ref:
-        score_args += ["--raw-ref", args.raw_ref]
-    if args.lowercase:
-        score_args.append("--lowercase")
-    for key, value in (("subset", args.subset), ("beam", args.beam), ("lenpen", args.lenpen),
-                       ("post_process", info.post_process), ("source_lang", info.source_lang),
-                       ("checkpoint", args.checkpoint), ("data_bin", args.data_bin),
-                       *((("ivon_samples", args.ivon_samples), ("ivon_seed", args.ivon_seed)) if args.ivon_samples else ())):
-        score_args += ["--meta", f"{key}={value}"]
-    score.main(score_args)
+    metadata = {"subset": args.subset, "beam": args.beam, "lenpen": args.lenpen, "post_process": info.post_process,
+                "source_lang": info.source_lang, "checkpoint": str(args.checkpoint), "data_bin": str(args.data_bin)}
+    if args.ivon_samples:
+        metadata.update(ivon_samples=args.ivon_samples, ivon_seed=args.ivon_seed)
+    score.score_generate_output(out_dir / GENERATE_OUT, out_dir, info.target_lang, info.source_lang,
+                                str(args.data_bin), args.subset, args.raw_ref, args.lowercase, metadata)

@@ -100,6 +100,7 @@ def _group_runs(runs: Sequence[Run]) -> List[dict]:
         first = group["runs"][0]
         group["config"] = first.config
         group["tau"] = first.hyperparameter("tau") if group["method"] != BASELINE_METHOD else None
+        group["tau_value"] = first.hyperparameter_value("tau") if group["method"] != BASELINE_METHOD else None
         group["label_smoothing"] = first.hyperparameter("label_smoothing")
         group["hyperparameters"] = _hyperparameters(first)
     return list(groups.values())
@@ -487,17 +488,10 @@ def _check_same_buckets(runs: Sequence[Run], subset: str) -> None:
                                   f"and {other.directory / 'longtail.json'}")
 
 
-def _tau_value(tau: Optional[str]) -> Optional[float]:
-    try:
-        return float(tau)
-    except (TypeError, ValueError):
-        return None
-
-
 def _sweep_data(groups: List[dict], methods: List[dict], subsets: Sequence[str]):
     """(points, baselines) for plot_sweep when at least two non-LS configurations have a τ."""
     swept = [(g, m) for g, m in zip(groups, methods)
-             if g["method"] != BASELINE_METHOD and _tau_value(g["tau"]) is not None]
+             if g["method"] != BASELINE_METHOD and g["tau_value"] is not None]
     if len(swept) < 2:
         return None
     points, baselines = {}, {}
@@ -510,7 +504,7 @@ def _sweep_data(groups: List[dict], methods: List[dict], subsets: Sequence[str])
             if stop is not None:
                 series += f", stop {stop}"
             summary = entry["by_subset"][s]["sacrebleu"]
-            points[s].setdefault(series, []).append((_tau_value(group["tau"]), summary["mean"], summary["std"]))
+            points[s].setdefault(series, []).append((group["tau_value"], summary["mean"], summary["std"]))
         baselines[s] = {m["label"]: (m["by_subset"][s]["sacrebleu"]["mean"], m["by_subset"][s]["sacrebleu"]["std"])
                         for g, m in zip(groups, methods) if g["method"] == BASELINE_METHOD}
     return points, baselines

@@ -5,7 +5,9 @@
                     method: what kind of training (the report's baseline is method "ls");
                     label: the name shown in tables and plots (runs with the same label are
                     seeds of one configuration; default: method); seed: an integer. Read when
-                    present: "config", "label_smoothing", "tau" ("1.25" or "inf"), "stop_update",
+                    present: "config", "label_smoothing" and "tau" (numbers; τ = ∞ is the string
+                    "inf", as JSON has no infinity; older runs wrote both as strings, "1.25", which
+                    read the same), "stop_update",
                     "checkpoint" (which checkpoint was evaluated, in words), "train_command"
                     (τ and α are taken from it when the keys are absent). Other keys are kept.
       train.log     fairseq-train output (--log-format simple or json)
@@ -55,6 +57,30 @@ def averaged_checkpoint(last: int) -> str:
 def tool_log(run_dir, tool: str, subset: str) -> Path:
     """The log of an evaluation step ("evaluate", "longtail") of a run on `subset`."""
     return Path(run_dir) / f"{tool}.{subset}.log"
+
+
+# run.json's τ = ∞ (uniform smoothing): JSON has no infinity
+INFINITY = "inf"
+
+
+def encode_hyperparameter(value: float):
+    """τ or α as run.json stores it: the number, or "inf"."""
+    return INFINITY if math.isinf(value) else value
+
+
+def decode_hyperparameter(raw) -> Optional[float]:
+    """A run.json number, "inf", or an older run's string ("1.25") as a float; None otherwise."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def format_hyperparameter(value: float) -> str:
+    """How names, labels and tables show τ and α: "1.25", "0.1", "inf"."""
+    return INFINITY if math.isinf(value) else f"{value:g}"
 
 
 def eval_dir(run_dir, subset: str = "test") -> Path:
@@ -116,17 +142,24 @@ class Run:
     def config(self) -> str:
         return str(self.info.get("config") or self.label)
 
-    def hyperparameter(self, key: str) -> Optional[str]:
-        """run.json's "tau" / "label_smoothing", else the value of --labo-tau / --label-smoothing in
-        its train_command; None when neither has it."""
+    def _hyperparameter_raw(self, key: str):
         if self.info.get(key) is not None:
-            return str(self.info[key])
+            return self.info[key]
         flag = {"tau": "--labo-tau", "label_smoothing": "--label-smoothing"}[key]
         command = self.info.get("train_command") or []
-        for i, arg in enumerate(command[:-1]):
-            if arg == flag:
-                return str(command[i + 1])
-        return None
+        return next((command[i + 1] for i, arg in enumerate(command[:-1]) if arg == flag), None)
+
+    def hyperparameter(self, key: str) -> Optional[str]:
+        """run.json's "tau" / "label_smoothing", else the value of --labo-tau / --label-smoothing in
+        its train_command, as tables show it ("1.25", "inf"); None when neither has it."""
+        raw = self._hyperparameter_raw(key)
+        value = decode_hyperparameter(raw)
+        return format_hyperparameter(value) if value is not None and not isinstance(raw, str) else \
+            None if raw is None else str(raw)
+
+    def hyperparameter_value(self, key: str) -> Optional[float]:
+        """The same as a number (inf for "inf"); None when absent or not a number."""
+        return decode_hyperparameter(self._hyperparameter_raw(key))
 
 
 def _read_json(path: Path, what: str) -> dict:

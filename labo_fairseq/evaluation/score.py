@@ -265,6 +265,41 @@ def evaluate_generate_output(generate_out, out_dir, target_lang: str, metadata: 
     return scores
 
 
+def _reference(data_bin, subset: str, raw_ref, lowercase: bool):
+    """(raw reference, lowercase): as given, else what `data_bin`'s prepare.json says for `subset`."""
+    if data_bin:
+        reference = reference_for(data_bin, subset)
+        raw_ref = raw_ref or reference.raw_path
+        lowercase = lowercase or reference.lowercase
+    return raw_ref, lowercase
+
+
+def print_scores(scores: dict, out_dir, raw_ref) -> None:
+    print(f"BLEU (tokenized, fairseq): {scores['bleu']['string']}")
+    print(scores["sacrebleu"]["string"])
+    print(scores["chrf"]["string"])
+    print(scores["ter"]["string"])
+    print(f"reproduce in {out_dir}: {scores['sacrebleu_command']}")
+    if raw_ref is None:
+        print("warning: no raw reference (prepare.json names none for this split); sacreBLEU scored the "
+              "detokenized reference and is not comparable with published sacreBLEU", file=sys.stderr)
+
+
+def score_generate_output(generate_out, out_dir, target_lang: str, source_lang: Optional[str] = None,
+                          data_bin=None, subset: str = "test", raw_ref=None, lowercase: bool = False,
+                          metadata: Optional[dict] = None) -> dict:
+    """What the CLI's --generate-out does, with typed arguments: scores a saved fairseq-generate
+    stdout into OUT_DIR (evaluate_generate_output) and prints the scores. With `data_bin`, the
+    output must hold every sentence of its split `subset`, and the raw reference and lowercasing
+    come from its prepare.json unless given."""
+    raw_ref, lowercase = _reference(data_bin, subset, raw_ref, lowercase)
+    expected = None if not data_bin else split_size(data_bin, subset, target_lang, source_lang)
+    scores = evaluate_generate_output(generate_out, out_dir, target_lang, metadata, raw_ref, lowercase, expected,
+                                      f"split '{subset}' of data-bin {data_bin}")
+    print_scores(scores, out_dir, raw_ref)
+    return scores
+
+
 def parse_meta(items: Sequence[str]) -> dict:
     metadata = {}
     for item in items:
@@ -304,35 +339,20 @@ def main(argv=None):
                         help="recorded in scores.json (VALUE parsed as JSON if it is JSON, else a string)")
     args = parser.parse_args(argv)
     metadata = parse_meta(args.meta)
-    raw_ref, lowercase = args.raw_ref, args.lowercase
-    if args.data_bin:
-        reference = reference_for(args.data_bin, args.subset)
-        raw_ref = raw_ref or reference.raw_path
-        lowercase = lowercase or reference.lowercase
     if args.generate_out:
-        expected = None
-        if args.data_bin:
-            expected = split_size(args.data_bin, args.subset, args.target_lang, args.source_lang)
-        scores = evaluate_generate_output(args.generate_out, args.out_dir, args.target_lang, metadata,
-                                          raw_ref, lowercase, expected,
-                                          f"split '{args.subset}' of data-bin {args.data_bin}")
-    else:
-        if not args.ref:
-            parser.error("--hyp needs --ref")
-        hypotheses, references = read_parallel(args.hyp, args.ref)
-        raw_lines = None if raw_ref is None else read_raw_reference(raw_ref, list(range(len(hypotheses))))
-        files: Dict[str, List[str]] = {}
-        scores = {**metadata, "hyp": args.hyp, "ref": args.ref,
-                  **score_texts(hypotheses, references, args.target_lang, raw_lines, raw_ref, lowercase, files)}
-        write_outputs(args.out_dir, files, scores)
-    print(f"BLEU (tokenized, fairseq): {scores['bleu']['string']}")
-    print(scores["sacrebleu"]["string"])
-    print(scores["chrf"]["string"])
-    print(scores["ter"]["string"])
-    print(f"reproduce in {args.out_dir}: {scores['sacrebleu_command']}")
-    if raw_ref is None:
-        print("warning: no raw reference (prepare.json names none for this split); sacreBLEU scored the "
-              "detokenized reference and is not comparable with published sacreBLEU", file=sys.stderr)
+        score_generate_output(args.generate_out, args.out_dir, args.target_lang, args.source_lang, args.data_bin,
+                              args.subset, args.raw_ref, args.lowercase, metadata)
+        return
+    if not args.ref:
+        parser.error("--hyp needs --ref")
+    raw_ref, lowercase = _reference(args.data_bin, args.subset, args.raw_ref, args.lowercase)
+    hypotheses, references = read_parallel(args.hyp, args.ref)
+    raw_lines = None if raw_ref is None else read_raw_reference(raw_ref, list(range(len(hypotheses))))
+    files: Dict[str, List[str]] = {}
+    scores = {**metadata, "hyp": args.hyp, "ref": args.ref,
+              **score_texts(hypotheses, references, args.target_lang, raw_lines, raw_ref, lowercase, files)}
+    write_outputs(args.out_dir, files, scores)
+    print_scores(scores, args.out_dir, raw_ref)
 
 
 if __name__ == "__main__":

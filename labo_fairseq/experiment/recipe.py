@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.errors import UserError
-from labo_fairseq.evaluation.runs import BEST_CHECKPOINT, LAST_CHECKPOINT
+from labo_fairseq.evaluation.runs import (BEST_CHECKPOINT, LAST_CHECKPOINT, encode_hyperparameter,
+                                          format_hyperparameter)
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fairseq's --user-dir, in a checkout or installed
 REPO = PACKAGE_DIR.parent
@@ -64,8 +65,7 @@ class Recipe:
     slurm: Dict[str, object] = field(default_factory=dict)  # the [slurm] keys given (checked: slurm_settings)
 
 
-def _fmt(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:g}"
+_fmt = format_hyperparameter  # names and labels show τ and α as the report does
 
 
 def _labo_args(alpha: float, tau: float, extra=()) -> List[str]:
@@ -158,7 +158,7 @@ def expand_methods(entries: Sequence[dict], where: str) -> List[Method]:
             raise RecipeError(f"{here} (tsla) needs stop_update, a positive integer; got {stop!r}")
         for alpha in alphas:
             for tau in taus:
-                params = {"label_smoothing": alpha, "tau": _fmt(tau)}
+                params = {"label_smoothing": alpha, "tau": encode_hyperparameter(tau)}
                 if kind == "labo":
                     methods.append(Method("labo", f"labo-a{_fmt(alpha)}-tau{_fmt(tau)}",
                                           label or f"LABO α={_fmt(alpha)} τ={_fmt(tau)}",
@@ -244,7 +244,7 @@ def _criterion_settings(criterion: str, entry: dict, here: str, alphas: List[flo
     if criterion == "labo":
         taus = _taus(entry, here)
         return [(f"labo-a{_fmt(a)}-tau{_fmt(t)}", f"LABO α={_fmt(a)} τ={_fmt(t)}", _labo_args(a, t)[2:],
-                 {"label_smoothing": a, "tau": _fmt(t)}) for a in alphas for t in taus]
+                 {"label_smoothing": a, "tau": encode_hyperparameter(t)}) for a in alphas for t in taus]
     # the criterion's own start-up checks (label_smoothed_ols._check_flags), here at check time
     weights = _number_list(entry, "ols_weight", 0.5, here, lambda w: 0.0 <= w <= 1.0, "a number in [0, 1]")
     topk = entry.get("ols_topk")

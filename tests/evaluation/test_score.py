@@ -11,6 +11,7 @@ import sacrebleu
 from labo_fairseq.errors import run_command
 from labo_fairseq.evaluation.errors import EvaluationError
 from labo_fairseq.evaluation.score import (TEXT_FILES, detokenize, main, parse_generate_output, sacrebleu_scores,
+                                          score_generate_output,
                                            tokenized_bleu)
 from tests.evaluation.helpers import assert_one_line_error
 from tests.toy import run_cli
@@ -135,6 +136,27 @@ def test_score_cli_output_files_are_one_scoring(toy_evaluation, tmp_path):
         assert (out / name).read_bytes() == (toy_evaluation / name).read_bytes()
     scores = json.loads((out / "scores.json").read_text())
     assert scores["num_sentences"] == 40 and scores["reference"]["file"] == "ref.detok.txt"
+
+
+def test_typed_scoring_call_matches_the_cli_and_keeps_the_types(toy_evaluation, toy_data_bin, tmp_path, capsys):
+    """What labo-evaluate calls in-process: the same files as the CLI, the metadata as given
+    (a path that looks like a number stays a string), and the split's size checked."""
+    metadata = {"subset": "test", "beam": 5, "lenpen": 1.0, "checkpoint": "1e3", "source_lang": "null"}
+    scores = score_generate_output(toy_evaluation / "generate.out", tmp_path / "typed", "tgt", "src",
+                                   str(toy_data_bin), "test", metadata=metadata)
+    assert {k: scores[k] for k in metadata} == metadata and isinstance(scores["lenpen"], float)
+    assert json.loads((tmp_path / "typed" / "scores.json").read_text()) == scores
+    assert capsys.readouterr().out.startswith(f"BLEU (tokenized, fairseq): {scores['bleu']['string']}\n")
+    run_cli([*SCORE, "--generate-out", toy_evaluation / "generate.out", "--target-lang", "tgt", "--out-dir",
+             tmp_path / "cli", "--data-bin", toy_data_bin, "--source-lang", "src"])
+    for name in TEXT_FILES:
+        assert (tmp_path / "typed" / name).exists() == (tmp_path / "cli" / name).exists()
+        if (tmp_path / "cli" / name).exists():
+            assert (tmp_path / "typed" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    with pytest.raises(EvaluationError, match="40"):
+        lines = (toy_evaluation / "generate.out").read_text().splitlines()
+        short = _write_generate_out(tmp_path / "short.out", [x for x in lines if not x.split("\t")[0].endswith("-39")])
+        score_generate_output(short, tmp_path / "short", "tgt", "src", str(toy_data_bin), "test")
 
 
 def test_tokenized_bleu_hand_computed():
