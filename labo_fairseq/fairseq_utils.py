@@ -1,7 +1,23 @@
 """Small helpers for the fairseq plugins (criterion, optimizer, task): the model inside fairseq's
-wrappers and the trainer's update count. Imports fairseq."""
+wrappers, the trainer's update count, and fairseq's reduced-precision flags for a plugin's config.
+Imports fairseq."""
+from dataclasses import dataclass
+
 from fairseq import metrics
+from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel
+from omegaconf import II
+
+
+@dataclass
+class ReducedPrecisionFlags(FairseqDataclass):
+    """fairseq's reduced-precision flags (--fp16, --bf16, --amp, ...) in a plugin's config, so that
+    the plugin can refuse them (labo_fairseq.optim.ivon_optimizer.refuse_reduced_precision)."""
+    fp16: bool = II("common.fp16")
+    memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
+    bf16: bool = II("common.bf16")
+    memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
+    amp: bool = II("common.amp")
 
 
 def unwrap_model(model):

@@ -118,7 +118,7 @@ def test_lists_of_tau_and_label_smoothing_expand_to_a_grid():
     methods = expand_methods([{"kind": "labo", "tau": [1.25, "inf"], "label_smoothing": [0.1, 0.3]}], "recipe")
     assert [m.name for m in methods] == ["labo-a0.1-tau1.25", "labo-a0.1-tauinf", "labo-a0.3-tau1.25",
                                          "labo-a0.3-tauinf"]
-    assert methods[2].params == {"label_smoothing": 0.3, "tau": "1.25"}
+    assert methods[2].params == {"label_smoothing": 0.3, "tau": 1.25}
     assert methods[2].label == "LABO α=0.3 τ=1.25"
     ls = expand_methods([{"kind": "ls", "label_smoothing": [0.1, 0.2]}], "recipe")
     assert [m.name for m in ls] == ["ls-a0.1", "ls-a0.2"]
@@ -135,7 +135,7 @@ def test_ivon_methods_bring_their_own_optimizer():
     assert methods[1].criterion_args[methods[1].criterion_args.index("--optimizer") + 1] == "ivon"
     assert "--task" in methods[0].criterion_args and methods[0].criterion_args[-1] == "cross_entropy"
     assert methods[1].params == {"criterion": "labo", "lr": 1.0, "mc_samples": 2, "label_smoothing": 0.1,
-                                 "tau": "1.25"}
+                                 "tau": 1.25}
     assert methods[1].criterion_args.count("--user-dir") == 1
     common = ["--arch", "t", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "7e-4", "--fp16",
               "--clip-norm", "0.0"]
@@ -248,10 +248,13 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
         assert json.loads((run_dir / "eval" / "test" / "scores.json").read_text())["checkpoint"].endswith("avg2.pt")
         scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
         assert {"bleu", "sacrebleu", "chrf"} <= scores.keys()
+        assert isinstance(scores["beam"], int) and isinstance(scores["lenpen"], float)  # typed, not parsed back
         longtail = json.loads((run_dir / "eval" / "test" / "longtail.json").read_text())
         assert longtail["level"] == "token" and longtail["buckets"]
         assert len((run_dir / "eval" / "test" / "hyp.txt").read_text().splitlines()) == 40
     assert json.loads((out / "ls-a0.1-seed1" / "run.json").read_text())["method"] == "ls"
+    labo_info = json.loads((out / "labo-a0.1-tau1.25-seed1" / "run.json").read_text())
+    assert (labo_info["tau"], labo_info["label_smoothing"]) == (1.25, 0.1)  # numbers in run.json
     assert "label_smoothed_labo" in (out / "labo-a0.1-tau1.25-seed1" / "command.sh").read_text()
     report = out / "report"
     text = (report / "REPORT.md").read_text()

@@ -25,6 +25,15 @@ def last_valid_nll(run: RunPlan) -> Optional[float]:
     return values[-1] if values else None
 
 
+def finished_line(run: RunPlan, status: str, took: str, where: str = "") -> str:
+    """How the console reports a run that ended (`where`: e.g. " on GPU 1"): "done on GPU 1 in
+    3m02s, valid nll 4.12", or "failed on GPU 1 after 10s: WHY"."""
+    if status.startswith("failed"):
+        return f"failed{where} after {took}: {status[len('failed: '):]}"
+    nll = last_valid_nll(run)
+    return f"{status}{where} in {took}" + ("" if nll is None else f", valid nll {nll:.2f}")
+
+
 _SAVED = re.compile(r"Saved checkpoint .* \(epoch \d+ @ (\d+) updates")
 _UPDATES = re.compile(r"num_updates[ =](\d+)")
 

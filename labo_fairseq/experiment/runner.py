@@ -15,7 +15,7 @@ from labo_fairseq.evaluation.runs import FAILED_FILE
 from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import duration, say
 from labo_fairseq.experiment.execute import execute_run
-from labo_fairseq.experiment.progress import ProgressReporter, last_valid_nll, resume_note
+from labo_fairseq.experiment.progress import ProgressReporter, finished_line, resume_note
 from labo_fairseq.experiment.recipe import Recipe
 from labo_fairseq.experiment.runs import RunPlan
 
@@ -106,14 +106,9 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
                 results[run.name] = entry
                 reporter.finished += entry.get("status") != "interrupted"
                 if entry.get("status") != "interrupted" and not children.stopping.is_set():
-                    state = entry.get("status", "failed")
                     where = "" if slots[slot] is None else f" on GPU {slots[slot]}"
                     took = duration(entry["finished"] - started)
-                    if state.startswith("failed"):
-                        line = f"failed{where} after {took}: {state[len('failed: '):]}"
-                    else:
-                        nll = last_valid_nll(run)
-                        line = f"{state}{where} in {took}" + ("" if nll is None else f", valid nll {nll:.2f}")
+                    line = finished_line(run, entry.get("status", "failed"), took, where)
                     say(f"[{next(counter)}/{len(runs)}] {run.name} {line}")
 
     interrupted = []

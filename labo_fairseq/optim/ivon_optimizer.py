@@ -26,12 +26,12 @@ from typing import List, Optional
 
 import torch
 import torch.distributed as dist
-from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as distributed_utils
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 from labo_fairseq.errors import FlagError, report_flag_errors
+from labo_fairseq.fairseq_utils import ReducedPrecisionFlags
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ report_flag_errors()
 
 
 @dataclass
-class IvonConfig(FairseqDataclass):
+class IvonConfig(ReducedPrecisionFlags):
     ivon_ess: Optional[float] = field(
         default=None,
         metadata={"help": "effective sample size: the number of data points the posterior is conditioned on, "
@@ -80,17 +80,12 @@ class IvonConfig(FairseqDataclass):
     )
     lr: List[float] = II("optimization.lr")
     seed: int = II("common.seed")
-    fp16: bool = II("common.fp16")
-    memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
-    bf16: bool = II("common.bf16")
-    memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
-    amp: bool = II("common.amp")
 
 
 def refuse_reduced_precision(cfg, who: str = "--optimizer ivon") -> None:
     """fp16/bf16: fairseq steps an fp32 copy of the weights, so samples written there would never
     reach the model; amp: its GradScaler unscales gradients behind the optimizer's back, so the
-    Hessian statistics would keep the loss scale. `cfg` has the II("common.*") fields below."""
+    Hessian statistics would keep the loss scale. `cfg` has ReducedPrecisionFlags' fields."""
     for key, flag in _PRECISION_FLAGS:
         if getattr(cfg, key, False):
             raise IvonFlagError(f"{who} trains in fp32 only: drop {flag}")

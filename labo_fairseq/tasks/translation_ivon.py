@@ -15,14 +15,14 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
-from labo_fairseq.fairseq_utils import unwrap_model
+from labo_fairseq.fairseq_utils import ReducedPrecisionFlags, unwrap_model
 from labo_fairseq.optim.ivon_optimizer import FairseqIVON, IvonFlagError, refuse_reduced_precision
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationIvonConfig(TranslationConfig):
+class TranslationIvonConfig(TranslationConfig, ReducedPrecisionFlags):  # refused in load_dataset
     ivon_noise_interval: int = field(
         default=100,
         metadata={"help": "every N updates, log ivon_label_noise: on the update's first batch with dropout off, "
@@ -30,12 +30,6 @@ class TranslationIvonConfig(TranslationConfig):
                           "0 = never"},
     )
     sentence_avg: bool = II("optimization.sentence_avg")
-    # training refuses them here too (see load_dataset)
-    fp16: bool = II("common.fp16")
-    memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
-    bf16: bool = II("common.bf16")
-    memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
-    amp: bool = II("common.amp")
 
 
 def _ivon(optimizer) -> FairseqIVON:
