@@ -409,6 +409,7 @@ def checkpoint_description(recipe: Recipe) -> str:
             "best": f"{BEST_CHECKPOINT} (lowest validation nll_loss)",
             "average": f"average of the last {recipe.average_last} epoch checkpoints"}[recipe.checkpoint]
 
+
 # [slurm]: how each run is submitted as a job (labo-experiment --launcher slurm / submitit-local).
 # key: (the rule in words, the check); the defaults are in experiment.launchers.
 SLURM_RULES = {
