@@ -1,6 +1,6 @@
 """Compile report of the Triton kernels for a GPU architecture, without a GPU.
 
-Every kernel configuration the Triton implementation launches (`_triton.configs.shipped_configs`)
+Every kernel configuration the Triton implementation launches (`functional.triton_configs.shipped_configs`)
 is compiled offline with Triton's compiler for the chosen architecture (sm_90 = H100/H200,
 sm_80 = A100); its PTX is assembled with the `ptxas` that ships inside the triton wheel and
 the result is disassembled with the wheel's `cuobjdump`. Per configuration the table gives:
@@ -20,6 +20,8 @@ the reference for the instruction count. These are compile-time figures, not GPU
 
     labo-bench kernels --arch sm_90 --json kernels.json
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -27,9 +29,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:  # imported where used: the module must load without triton
+    from labo_fairseq.functional.triton_configs import KernelSpec
 
 ARCHES = {"sm_90": 90, "sm_80": 80}
 # the SASS loop detector: "/*0740*/  @!P0 BRA 0x740 ;"
@@ -38,21 +43,6 @@ SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;
 
 class ToolchainError(RuntimeError):
     """The triton wheel lacks what an offline compile needs."""
-
-
-@dataclass
-class KernelSpec:
-    """One kernel configuration to compile: the kernel, its argument types and constexprs."""
-
-    name: str  # the row's name
-    kernel: object  # a @triton.jit function
-    dtype: str  # of the logits: bf16, fp16, fp32
-    block_v: int  # elements per loop iteration of a program
-    num_warps: int
-    signature: Dict[str, str]  # argument name -> Triton type ("*bf16", "i32", "constexpr", ...)
-    constexprs: Dict[str, object]
-    aligned: Tuple[str, ...] = ()  # arguments a launch sees 16-divisible / 16-aligned
-    info: Dict[str, object] = field(default_factory=dict)  # extra columns (mode, V)
 
 
 @dataclass
@@ -183,6 +173,8 @@ LIGER_TYPES = {
 def liger_specs(vocab: int, dtypes) -> Tuple[List[KernelSpec], Optional[str]]:
     """Liger's CE kernel (forward + in-place gradient, label smoothing on, mean reduction) per
     dtype; ([], reason) when liger-kernel is missing or its kernel's arguments are unknown."""
+    from labo_fairseq.functional.triton_configs import KernelSpec
+
     try:
         import triton
         from liger_kernel.ops import cross_entropy as liger
@@ -236,11 +228,12 @@ def _run_in_a_compiling_process(arch, vocab, dtypes, with_liger, modes) -> Dict[
 def run(arch: str, vocab: int, dtypes, with_liger: bool = True, log=None, modes=None) -> Dict[str, object]:
     """Compile every shipped configuration (only those of `modes`, when given) and, with
     `with_liger`, Liger's kernel; {arch, vocab, triton, rows, notes}."""
-    from labo_fairseq.functional._triton.configs import shipped_configs
 
     tools = toolchain()
     if os.environ.get("TRITON_INTERPRET") == "1":
         return _run_in_a_compiling_process(arch, vocab, dtypes, with_liger, modes)
+    from labo_fairseq.functional.triton_configs import shipped_configs
+
     specs = [spec for spec in shipped_configs(vocab, dtypes) if modes is None or spec.info["mode"] in modes]
     notes = []
     if with_liger:

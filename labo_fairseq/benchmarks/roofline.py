@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from typing import Dict, List, Optional
 
-from labo_fairseq.functional._triton.launch import token_rows as launcher_token_rows
+from labo_fairseq.functional.triton_configs import token_rows as launcher_token_rows
 
 
 @dataclass(frozen=True)

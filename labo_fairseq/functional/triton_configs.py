@@ -1,10 +1,31 @@
 """Every kernel configuration the Triton launchers use, for `labo-bench kernels`' offline
-compile report (no GPU needed)."""
+compile report (no GPU needed), and the token chunk the launchers choose (`token_rows`, for the
+roofline model). The public window on `_triton` for tools outside `functional`."""
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
 import triton.language as tl
 
-from .launch import MAX_BLOCK_V, block_width, num_warps_for
-from .row_grad import row_grad_kernel
-from .row_stats import row_stats_kernel
+from ._triton.launch import MAX_BLOCK_V, block_width, num_warps_for, token_rows
+from ._triton.row_grad import row_grad_kernel
+from ._triton.row_stats import row_stats_kernel
+
+__all__ = ["KernelSpec", "MODES", "shipped_configs", "token_rows"]
+
+
+@dataclass
+class KernelSpec:
+    """One kernel configuration to compile: the kernel, its argument types and constexprs."""
+
+    name: str  # the row's name
+    kernel: object  # a @triton.jit function
+    dtype: str  # of the logits: bf16, fp16, fp32
+    block_v: int  # elements per loop iteration of a program
+    num_warps: int
+    signature: Dict[str, str]  # argument name -> Triton type ("*bf16", "i32", "constexpr", ...)
+    constexprs: Dict[str, object]
+    aligned: Tuple[str, ...] = ()  # arguments a launch sees 16-divisible / 16-aligned
+    info: Dict[str, object] = field(default_factory=dict)  # extra columns (mode, V)
 
 MODES = {  # what the criterion runs: LABO, LABO with accuracy, uniform LS, plain CE
     "labo": dict(TAU_INF=False, SMOOTH=True, NEED_Q=True, TRACK_ORDER=False),
@@ -24,9 +45,7 @@ def _arg_type(name: str, dtype: str) -> str:
 
 def shipped_configs(vocab: int, dtypes=("bf16", "fp16", "fp32")):
     """Every kernel configuration the launchers (`launch`) use at vocabulary size `vocab`, as
-    `benchmarks.kernels.KernelSpec`s for an offline compile (no GPU needed)."""
-    from labo_fairseq.benchmarks.kernels import KernelSpec
-
+    `KernelSpec`s for an offline compile (no GPU needed)."""
     specs = []
     for dtype in dtypes:
         block = block_width(vocab, MAX_BLOCK_V)
