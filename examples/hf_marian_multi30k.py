@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from labo_fairseq.arguments import positive_int
+from labo_fairseq.hf.collate import seq2seq_collator
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 METHODS = ("ls", "labo")
@@ -34,16 +37,6 @@ PAD, UNK, EOS = 0, 1, 2  # sentencepiece ids; Marian starts decoding with the pa
 
 class UsageError(Exception):
     """Bad input from the command line: reported as one line, exit status 2."""
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def parse_args(argv=None):
@@ -132,21 +125,6 @@ def encode(sp, lines, max_len):
     return [ids[:max_len - 1] + [EOS] for ids in sp.encode(lines)]
 
 
-def make_collator(model):
-    import torch
-
-    def collate(features):
-        def pad(rows, value):
-            width = max(len(r) for r in rows)
-            return torch.tensor([r + [value] * (width - len(r)) for r in rows])
-        input_ids = pad([f["input_ids"] for f in features], PAD)
-        labels = pad([f["labels"] for f in features], -100)
-        return {"input_ids": input_ids, "attention_mask": input_ids.ne(PAD).long(), "labels": labels,
-                # the trainer hands the model no labels when a compute_loss_func is set
-                "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels)}
-    return collate
-
-
 def build_model(args, vocab_size):
     from transformers import MarianConfig, MarianMTModel
 
@@ -174,7 +152,7 @@ def train(args, method, model, dataset, out_dir: Path):
         disable_tqdm=True,
         # the same weight off the gold token as LABO's alpha: epsilon (V-1)/V = alpha
         label_smoothing_factor=args.alpha * vocab / (vocab - 1) if method == "ls" else 0.0)
-    common = dict(model=model, args=training_args, train_dataset=dataset, data_collator=make_collator(model))
+    common = dict(model=model, args=training_args, train_dataset=dataset, data_collator=seq2seq_collator(model, PAD))
     if method == "ls":
         trainer = Seq2SeqTrainer(**common)
     else:

@@ -61,6 +61,12 @@ class FlagError(ValueError):
     `report_flag_errors`)."""
 
 
+def check_at_least(flag: str, value, minimum, error=FlagError, note: str = "") -> None:
+    """Raises `error` ("FLAG must be >= MINIMUM, got VALUE") when value < minimum or is NaN."""
+    if not value >= minimum:
+        raise error(f"{flag} must be >= {minimum}{note}, got {value}")
+
+
 def report_flag_errors() -> None:
     """Makes an uncaught FlagError print one line instead of fairseq-train's traceback;
     every other exception goes to the previous hook unchanged."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from tests.criterions.test_train_cli import train_inner
+from tests.toy import train_inner
 from tests.toy import TINY_TRANSFORMER_ARGS, run_cli
 
 

@@ -218,7 +218,7 @@ def test_only_names_are_checked(toy_data_bin, tmp_path):
     assert [r.name for r in select_runs(runs, ["ls-a0.1"], "r")] == ["ls-a0.1-seed1"]
 
 
-@pytest.mark.parametrize("recipe_name", ["multi30k-cpu", "multi30k-gpu", "iwslt14-de-en", "wmt14-en-de"])
+@pytest.mark.parametrize("recipe_name", sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.toml")))
 def test_shipped_recipes_load(recipe_name):
     recipe = load_recipe(REPO_ROOT / "recipes" / f"{recipe_name}.toml", data_dir="/nonexistent")
     assert {m.kind for m in recipe.methods} >= {"ls", "labo"}

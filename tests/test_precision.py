@@ -6,7 +6,8 @@ import pytest
 import torch
 from fairseq import checkpoint_utils, options
 
-from tests.criterions.test_train_cli import LABO, USER_DIR, train_inner
+from tests.criterions.test_train_cli import LABO
+from tests.toy import USER_DIR, train_inner
 from tests.toy import run_cli, train
 
 LS = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]

@@ -1,6 +1,7 @@
 """Helpers shared by tests that drive the real command-line tools on a tiny synthetic task."""
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -100,3 +101,16 @@ def train_two_gloo_workers(args, timeout=300):
         assert w.returncode == 0, out[-4000:]
     assert "distributed_world_size': 2" in outputs[0]
     return outputs
+
+
+USER_DIR = str(REPO_ROOT / "labo_fairseq")
+
+
+def train_inner(log: str):
+    """{num_updates: {key: value}} from fairseq's `--log-format simple` train_inner lines."""
+    rows = {}
+    for line in log.splitlines():
+        if "| train_inner |" in line:
+            fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
+            rows[int(fields["num_updates"])] = fields
+    return rows

@@ -26,37 +26,28 @@ import subprocess
 import sys
 import time
 
+from labo_fairseq.arguments import positive_int
 from labo_fairseq.benchmarks.loss import _reset_peak_rss, _status_kib, cpu_model
 
 VARIANTS = ("hf-ls", "labo-unfused", "labo-fused")
 BASELINE = "hf-ls"
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv=None, prog="labo-bench hf"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--vocab", type=_positive, default=8000, help="vocabulary size V")
-    p.add_argument("--batch", type=_positive, default=16, help="sentences per batch")
-    p.add_argument("--tgt-len", type=_positive, default=128, help="target tokens per sentence")
-    p.add_argument("--src-len", type=_positive, default=64, help="source tokens per sentence")
-    p.add_argument("--d-model", type=_positive, default=256)
-    p.add_argument("--layers", type=_positive, default=2)
-    p.add_argument("--ffn", type=_positive, default=1024)
+    p.add_argument("--vocab", type=positive_int, default=8000, help="vocabulary size V")
+    p.add_argument("--batch", type=positive_int, default=16, help="sentences per batch")
+    p.add_argument("--tgt-len", type=positive_int, default=128, help="target tokens per sentence")
+    p.add_argument("--src-len", type=positive_int, default=64, help="source tokens per sentence")
+    p.add_argument("--d-model", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--ffn", type=positive_int, default=1024)
     p.add_argument("--alpha", type=float, default=0.1, help="LABO alpha (LS: epsilon = alpha V / (V-1))")
     p.add_argument("--tau", type=float, default=1.25)
-    p.add_argument("--iters", type=_positive, default=3, help="timed steps per process (min)")
-    p.add_argument("--repeats", type=_positive, default=3, help="processes per variant (median)")
-    p.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--iters", type=positive_int, default=3, help="timed steps per process (min)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="processes per variant (median)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--csv", help="write the table's rows here")

@@ -21,10 +21,14 @@ from fairseq.models import BaseFairseqModel, FairseqDecoder
 from fairseq.models.transformer import TransformerDecoderBase, TransformerModelBase
 from omegaconf import II
 
-from labo_fairseq.errors import FlagError, report_flag_errors  # noqa: F401  (criterions/__init__ calls it)
+from labo_fairseq.errors import FlagError, check_at_least, report_flag_errors  # noqa: F401  (criterions/__init__ calls it)
 from labo_fairseq.fairseq_utils import trainer_num_updates, unwrap_model
 from labo_fairseq.functional import (IMPLS, TAU_MIN, LaboStats, labo_cross_entropy, labo_linear_cross_entropy,
                                      resolve_impl)
+
+
+UNFUSED_HELP = ("compute full [tokens x vocab] logits instead of fusing the output projection into the loss "
+                "(fusing is used whenever the decoder allows it)")
 
 
 @dataclass
@@ -53,11 +57,7 @@ class LabelSmoothedLaboConfig(FairseqDataclass):
         metadata={"help": "implementation of the loss: 'triton' kernels (CUDA), 'torch' (streamed PyTorch "
                           "ops, any device) or 'auto' (Triton on CUDA when triton imports, else torch)"},
     )
-    no_labo_fused: bool = field(
-        default=False,
-        metadata={"help": "compute full [tokens x vocab] logits instead of fusing the output projection "
-                          "into the loss (fusing is used whenever the decoder allows it)"},
-    )
+    no_labo_fused: bool = field(default=False, metadata={"help": UNFUSED_HELP})
     smoothing_stop_update: int = field(
         default=0,
         metadata={"help": "TSLA (two-stage label smoothing): once this many updates are done, alpha = 0 "
@@ -93,14 +93,18 @@ def _check_flags(label_smoothing, labo_tau, labo_chunk_size, smoothing_stop_upda
         raise LaboFlagError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
     if not labo_tau >= TAU_MIN:  # NaN fails this too
         raise LaboFlagError(f"--labo-tau must be >= {TAU_MIN:g} (or inf), got {labo_tau}")
-    if labo_chunk_size is not None and labo_chunk_size < 1:
-        raise LaboFlagError(f"--labo-chunk-size must be >= 1, got {labo_chunk_size}")
-    if labo_workspace_mb < 1:
-        raise LaboFlagError(f"--labo-workspace-mb must be >= 1, got {labo_workspace_mb}")
-    if smoothing_stop_update < 0:
-        raise LaboFlagError(f"--smoothing-stop-update must be >= 0, got {smoothing_stop_update}")
-    if ignore_prefix_size < 0:
-        raise LaboFlagError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
+    if labo_chunk_size is not None:
+        check_at_least("--labo-chunk-size", labo_chunk_size, 1, LaboFlagError)
+    check_at_least("--labo-workspace-mb", labo_workspace_mb, 1, LaboFlagError)
+    check_at_least("--smoothing-stop-update", smoothing_stop_update, 0, LaboFlagError)
+    check_at_least("--ignore-prefix-size", ignore_prefix_size, 0, LaboFlagError)
+
+
+def base_logging_output(sample, loss, nll_loss, sentence_avg: bool):
+    """(sample_size, fairseq's logging keys) of a label-smoothed criterion's forward."""
+    sample_size = sample["target"].size(0) if sentence_avg else sample["ntokens"]
+    return sample_size, {"loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
+                         "nsentences": sample["target"].size(0), "sample_size": sample_size}
 
 
 # set in the decoder's `extra` dict when the criterion asked the model for features
@@ -212,14 +216,7 @@ class LabelSmoothedLaboCriterion(FairseqCriterion):
         # nothing reads the logits after the loss here, so their storage may take their gradient
         loss, nll_loss, stats = self.compute_loss_and_stats(model, net_output, sample, reduce,
                                                             inplace_grad=path == "logits")
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-        }
+        sample_size, logging_output = base_logging_output(sample, loss, nll_loss, self.sentence_avg)
         if stats.q_entropy is not None:  # logged while smoothing (alpha > 0)
             logging_output["q_entropy"] = stats.q_entropy.data
             logging_output["q_entropy_tokens"] = stats.n_tokens.data

@@ -34,7 +34,9 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as distributed_utils
 from omegaconf import II
 
-from labo_fairseq.criterions.label_smoothed_labo import FEATURES_KEY, LaboFlagError, loss_path
+from labo_fairseq.criterions.label_smoothed_labo import (FEATURES_KEY, UNFUSED_HELP, LaboFlagError, base_logging_output,
+                                                          loss_path)
+from labo_fairseq.errors import check_at_least
 from labo_fairseq.fairseq_utils import unwrap_model
 from labo_fairseq.online_label_smoothing import (DENSE_MAX_VOCAB, DEFAULT_TOPK, OnlineLabelSmoothing,
                                                  merge_worker_tables, ols_cross_entropy)
@@ -66,11 +68,7 @@ class LabelSmoothedOlsConfig(FairseqDataclass):
         metadata={"help": "memory (MiB) for one token chunk of logits, probabilities and soft targets "
                           "(tokens per chunk = this / (12 x vocabulary))"},
     )
-    no_ols_fused: bool = field(
-        default=False,
-        metadata={"help": "compute full [tokens x vocab] logits instead of fusing the output projection "
-                          "into the loss (fusing is used whenever the decoder allows it)"},
-    )
+    no_ols_fused: bool = field(default=False, metadata={"help": UNFUSED_HELP})
     report_accuracy: bool = field(default=False, metadata={"help": "report accuracy metric"})
     ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
     sentence_avg: bool = II("optimization.sentence_avg")
@@ -84,12 +82,10 @@ def _check_flags(label_smoothing, ols_weight, ols_topk, ols_workspace_mb, ignore
         raise OlsFlagError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
     if not 0.0 <= ols_weight <= 1.0:  # NaN fails this too
         raise OlsFlagError(f"--ols-weight must be in [0, 1], got {ols_weight}")
-    if ols_topk is not None and ols_topk < 0:
-        raise OlsFlagError(f"--ols-topk must be >= 0 (0 = dense), got {ols_topk}")
-    if ols_workspace_mb < 1:
-        raise OlsFlagError(f"--ols-workspace-mb must be >= 1, got {ols_workspace_mb}")
-    if ignore_prefix_size < 0:
-        raise OlsFlagError(f"--ignore-prefix-size must be >= 0, got {ignore_prefix_size}")
+    if ols_topk is not None:
+        check_at_least("--ols-topk", ols_topk, 0, OlsFlagError, note=" (0 = dense)")
+    check_at_least("--ols-workspace-mb", ols_workspace_mb, 1, OlsFlagError)
+    check_at_least("--ignore-prefix-size", ignore_prefix_size, 0, OlsFlagError)
     if (distributed_world_size or 1) > 1 and str(ddp_backend) not in ("legacy_ddp", "no_c10d"):
         raise OlsFlagError(f"--criterion label_smoothed_ols with {distributed_world_size} data-parallel workers "
                            f"needs --ddp-backend legacy_ddp, got --ddp-backend {ddp_backend}")
@@ -176,17 +172,8 @@ class LabelSmoothedOlsCriterion(FairseqCriterion):
         else:
             net_output = model(**sample["net_input"])
         loss, nll_loss, n_correct, n_tokens, entropy = self._loss(model, net_output, sample, reduce)
-        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
-        logging_output = {
-            "loss": loss.data,
-            "nll_loss": nll_loss.data,
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["target"].size(0),
-            "sample_size": sample_size,
-            "ols_row_entropy": entropy.data,
-            "ols_correct": n_correct.data,
-            "ols_tokens": n_tokens.data,
-        }
+        sample_size, logging_output = base_logging_output(sample, loss, nll_loss, self.sentence_avg)
+        logging_output.update(ols_row_entropy=entropy.data, ols_correct=n_correct.data, ols_tokens=n_tokens.data)
         if self.report_accuracy:
             logging_output["n_correct"] = utils.item(n_correct.data)
             logging_output["total"] = utils.item(n_tokens.data)

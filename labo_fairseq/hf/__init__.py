@@ -13,6 +13,7 @@ The batch must carry decoder_input_ids or labels from which the model makes them
 (DataCollatorForSeq2Seq(tokenizer, model=model) does). `label_smoothing_factor` epsilon is LABO
 with tau = inf and alpha = alpha_from_label_smoothing_factor(epsilon, V) = epsilon (V-1)/V.
 """
+from labo_fairseq.hf.collate import seq2seq_collator
 from labo_fairseq.hf.fused import (SUPPORTED_MODEL_TYPES, decoder_features, disable_fused_loss, enable_fused_loss,
                                    fused_loss)
 from labo_fairseq.hf.loss import (IGNORE_INDEX, LaboCallback, LaboLoss, alpha_from_label_smoothing_factor,
@@ -31,4 +32,5 @@ __all__ = [
     "enable_fused_loss",
     "fused_loss",
     "labo_loss",
+    "seq2seq_collator",
 ]

@@ -26,6 +26,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
 from labo_fairseq.errors import FlagError
+from labo_fairseq.fairseq_utils import ReducedPrecisionFlags
 from labo_fairseq.optim.ivon_optimizer import refuse_reduced_precision
 from labo_fairseq.sam import two_pass_step
 
@@ -35,7 +36,7 @@ class SamFlagError(FlagError):
 
 
 @dataclass
-class TranslationSamConfig(TranslationConfig):
+class TranslationSamConfig(TranslationConfig, ReducedPrecisionFlags):
     sam_rho: float = field(
         default=0.05,
         metadata={"help": "radius of the ascent step, > 0 (with --sam-adaptive the radius in the |w|-scaled "
@@ -46,11 +47,6 @@ class TranslationSamConfig(TranslationConfig):
         metadata={"help": "ASAM: scale the ascent step element-wise by |w| (scale-invariant sharpness)"},
     )
     sentence_avg: bool = II("optimization.sentence_avg")
-    fp16: bool = II("common.fp16")
-    memory_efficient_fp16: bool = II("common.memory_efficient_fp16")
-    bf16: bool = II("common.bf16")
-    memory_efficient_bf16: bool = II("common.memory_efficient_bf16")
-    amp: bool = II("common.amp")
 
 
 @register_task("translation_sam", dataclass=TranslationSamConfig)

@@ -1,14 +1,13 @@
 """Online Label Smoothing: the math against a plain NumPy re-implementation of the official
 algorithm, the top-K variant's error bound, and `--criterion label_smoothed_ols` through fairseq-train
 (resume, data parallelism, flags)."""
-import re
 
 import numpy as np
 import pytest
 import torch
 
 from labo_fairseq.online_label_smoothing import OnlineLabelSmoothing, merge_worker_tables, ols_cross_entropy
-from tests.toy import REPO_ROOT, run_cli, train, train_two_gloo_workers
+from tests.toy import USER_DIR, run_cli, train, train_inner, train_two_gloo_workers
 
 PAD = 1
 
@@ -197,17 +196,7 @@ def test_state_stays_float32_under_half():
 
 # --- through fairseq-train ------------------------------------------------------------------------
 
-USER_DIR = str(REPO_ROOT / "labo_fairseq")
 OLS = ["--user-dir", USER_DIR, "--criterion", "label_smoothed_ols"]
-
-
-def train_inner(log: str):
-    rows = {}
-    for line in log.splitlines():
-        if "| train_inner |" in line:
-            fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
-            rows[int(fields["num_updates"])] = fields
-    return rows
 
 
 def _ols_state(checkpoint):

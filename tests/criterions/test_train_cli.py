@@ -3,20 +3,9 @@ import re
 
 import pytest
 
-from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train, train_two_gloo_workers
+from tests.toy import TINY_TRANSFORMER_ARGS, USER_DIR, run_cli, train, train_inner, train_two_gloo_workers
 
-USER_DIR = str(REPO_ROOT / "labo_fairseq")
 LABO = ["--user-dir", USER_DIR, "--criterion", "label_smoothed_labo"]
-
-
-def train_inner(log: str):
-    """{num_updates: {key: value}} from fairseq's `--log-format simple` train_inner lines."""
-    rows = {}
-    for line in log.splitlines():
-        if "| train_inner |" in line:
-            fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
-            rows[int(fields["num_updates"])] = fields
-    return rows
 
 
 def test_labo_training_runs_and_logs_fairseq_keys(toy_data_bin, tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from labo_fairseq.hf import LaboSeq2SeqTrainer, labo_loss
-from tests.hf.tiny import collator, tiny_model, toy_pairs
+from labo_fairseq.hf import LaboSeq2SeqTrainer, labo_loss, seq2seq_collator
+from tests.hf.tiny import PAD, tiny_model, toy_pairs
 
 
 def _args(out, **overrides):
@@ -27,14 +27,14 @@ def _labo_trainer(out, data, model=None, **kwargs):
     labo = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("labo_")}
     labo.setdefault("labo_impl", "torch")
     return LaboSeq2SeqTrainer(model=model, args=_args(out, **kwargs), train_dataset=data,
-                              data_collator=collator(model), **labo)
+                              data_collator=seq2seq_collator(model, PAD), **labo)
 
 
 def test_compute_loss_func_and_fused_trainer_train_alike(tmp_path):
     data = toy_pairs(64)
     model = tiny_model("marian", d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64)
     plain = Seq2SeqTrainer(model=model, args=_args(tmp_path / "plain"), train_dataset=data,
-                           data_collator=collator(model), compute_loss_func=labo_loss(0.1, 1.25, impl="torch"))
+                           data_collator=seq2seq_collator(model, PAD), compute_loss_func=labo_loss(0.1, 1.25, impl="torch"))
     plain.train()
     fused = _labo_trainer(tmp_path / "fused", data)
     calls = []

@@ -57,14 +57,3 @@ def toy_pairs(n: int, seed: int = 0, max_len: int = 8):
     return pairs
 
 
-def collator(model):
-    """Pads a list of toy pairs and adds decoder_input_ids made from the labels."""
-    def collate(features):
-        def pad(rows, value):
-            width = max(len(r) for r in rows)
-            return torch.tensor([r + [value] * (width - len(r)) for r in rows])
-        input_ids = pad([f["input_ids"] for f in features], PAD)
-        labels = pad([f["labels"] for f in features], -100)
-        return {"input_ids": input_ids, "attention_mask": input_ids.ne(PAD).long(), "labels": labels,
-                "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels)}
-    return collate

@@ -7,7 +7,8 @@ import torch
 from labo_fairseq.errors import UserError
 from labo_fairseq.optim.ivon_posterior import posterior_sigma, sample_checkpoints
 from tests.evaluation.helpers import dead_pid
-from tests.optim.test_train_cli import USER_DIR, ivon_train
+from tests.optim.test_train_cli import ivon_train
+from tests.toy import USER_DIR
 from tests.toy import run_cli
 
 

@@ -2,10 +2,8 @@
 
 import pytest
 
-from tests.criterions.test_train_cli import train_inner
-from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train_two_gloo_workers
+from tests.toy import TINY_TRANSFORMER_ARGS, USER_DIR, run_cli, train_inner, train_two_gloo_workers
 
-USER_DIR = str(REPO_ROOT / "labo_fairseq")
 IVON = ["--user-dir", USER_DIR, "--task", "translation_ivon", "--optimizer", "ivon", "--lr", "0.1"]
 
 

@@ -1,14 +1,12 @@
 """SAM: the two-pass step against a manual computation, and `--task translation_sam` through
 fairseq-train (any criterion, resume, data parallelism, flags)."""
-import re
 
 import pytest
 import torch
 
 from labo_fairseq.sam import two_pass_step
-from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS, run_cli, train, train_two_gloo_workers
+from tests.toy import TINY_TRANSFORMER_ARGS, USER_DIR, run_cli, train, train_inner, train_two_gloo_workers
 
-USER_DIR = str(REPO_ROOT / "labo_fairseq")
 SAM = ["--user-dir", USER_DIR, "--task", "translation_sam"]
 
 
@@ -77,15 +75,6 @@ def test_zero_gradient_means_no_perturbation():
 
 
 # --- through fairseq-train ------------------------------------------------------------------------
-
-def train_inner(log: str):
-    rows = {}
-    for line in log.splitlines():
-        if "| train_inner |" in line:
-            fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
-            rows[int(fields["num_updates"])] = fields
-    return rows
-
 
 def test_sam_with_ols_trains_resumes_and_counts_statistics_once(toy_data_bin, tmp_path):
     """SAM on top of OLS: 10 updates (epochs are 8), resumed to 14. The OLS accumulator holds the
