@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from labo_fairseq.experiment import RecipeError, load_recipe
+from labo_fairseq.errors import UserError
+from labo_fairseq.experiment import RecipeError, load_recipe, plan_runs
+from labo_fairseq.experiment.runner import refuse_runs_with_live_jobs
 from labo_fairseq.procs import pid_running
 from tests.test_experiment import processes_mentioning, wait_for, write_recipe
 from tests.toy import BIN_DIR, run_cli
 
-pytest.importorskip("submitit")
+import submitit  # noqa: F401,E402  (the [test] extra installs it: a missing one fails here)
 
 THREE_RUNS = """
 [[methods]]
@@ -98,6 +100,25 @@ def test_slurm_flag_errors_exit_2(toy_data_bin, tmp_path):
     proc = experiment(recipe, tmp_path / "out", "--launcher", "slurm")
     assert proc.returncode == 2 and "labo-experiment: error: --launcher slurm: no srun here" in proc.stderr
     assert not list((tmp_path / "out").glob("*/run.json"))
+
+
+def test_the_pool_refuses_a_run_whose_submitit_job_may_still_run(toy_data_bin, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "ls"\n')
+    run_dir = tmp_path / "out" / "ls-a0.1-seed1"
+    run_dir.mkdir(parents=True)
+    record = {"jobs": [{"launcher": "submitit-local", "id": "4242", "folder": str(run_dir / "submitit")}]}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    proc = experiment(recipe, tmp_path / "out")
+    assert proc.returncode != 0
+    assert f"{run_dir} has submitit-local job 4242 that may still be running; run the same command with " \
+           "--launcher submitit-local to attach to it" in proc.stderr + proc.stdout
+    assert json.loads((run_dir / "run.json").read_text()) == record and not (run_dir / "checkpoints").exists()
+    runs = plan_runs(load_recipe(recipe), tmp_path / "out")
+    with pytest.raises(UserError, match="job 4242 that may still be running"):
+        refuse_runs_with_live_jobs(runs)
+    record["jobs"][0]["outcome"] = "done"  # an ended job: the pool may go on
+    (run_dir / "run.json").write_text(json.dumps(record))
+    refuse_runs_with_live_jobs(runs)
 
 
 def test_slurm_dry_run_prints_submitits_sbatch_scripts(toy_data_bin, tmp_path):

@@ -25,15 +25,14 @@ from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import duration, say
 from labo_fairseq.experiment.progress import last_valid_nll, resume_note
 from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, slurm_setting_error
-from labo_fairseq.experiment.records import (KEPT_RUN_KEYS, RunRefused, check_run_dir, data_fingerprint,
-                                             evaluation_change, prepare_run_dir)
+from labo_fairseq.experiment.records import (JOBS_KEY, RunRefused, check_run_dir, data_fingerprint,
+                                             evaluation_change, prepare_run_dir, recorded_jobs)
 from labo_fairseq.experiment.runs import RunPlan
 from labo_fairseq.procs import pid_running
 from labo_fairseq.textfiles import read_json_object, write_json_atomic
 
 LAUNCHERS = ("pool", "submitit-local", "slurm")
 SUBMITIT_DIR = "submitit"  # a run's submitit folder: pickled call, result, log of each of its jobs
-JOBS_KEY = KEPT_RUN_KEYS[0]  # run.json: the run's jobs, oldest first (kept when the run rewrites it)
 # [slurm] defaults (the recipe's [slurm] table and --slurm-* flags override them)
 SLURM_DEFAULTS = {"gpus_per_run": 1, "cpus_per_gpu": 4, "time_min": 1440, "array_parallelism": 256, "setup": []}
 SIGNAL_DELAY_S = 120        # submitit's USR2 comes this long before the time limit
@@ -211,14 +210,6 @@ def _wait_for_record(run: RunPlan, job_id: str) -> None:
         if any(job.get("id") == job_id for job in recorded_jobs(run)):
             return
         time.sleep(0.5)
-
-
-def recorded_jobs(run: RunPlan) -> List[dict]:
-    try:
-        jobs = read_json_object(run.run_dir / RUN_FILE, "run record").get(JOBS_KEY, [])
-    except UserError:
-        return []
-    return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
 
 
 def _record_job(run: RunPlan, entry: dict) -> None:

@@ -4,7 +4,7 @@ directory that the recipe may not reuse is refused (RunRefused)."""
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.runs import EVAL_DONE, LONGTAIL_FILE, RUN_FILE, SCORES_FILE, TRAIN_DONE, eval_dir
@@ -14,8 +14,17 @@ from labo_fairseq.experiment.runs import RunPlan, checkpoint_path, train_command
 from labo_fairseq.textfiles import read_json_object, write_json_atomic
 
 
-# run.json keys that rewriting it keeps: the jobs that ran the run (experiment.launchers)
-KEPT_RUN_KEYS = ("jobs",)
+JOBS_KEY = "jobs"  # run.json: the submitit jobs that ran the run, oldest first (experiment.launchers)
+KEPT_RUN_KEYS = (JOBS_KEY,)  # run.json keys that rewriting it keeps
+
+
+def recorded_jobs(run: RunPlan) -> List[dict]:
+    """The jobs run.json records for the run ([] without a readable run.json)."""
+    try:
+        jobs = read_json_object(run.run_dir / RUN_FILE, "run record").get(JOBS_KEY, [])
+    except UserError:
+        return []
+    return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
 
 
 class RunRefused(RecipeError):

@@ -17,6 +17,7 @@ from labo_fairseq.experiment.console import duration, say
 from labo_fairseq.experiment.execute import execute_run
 from labo_fairseq.experiment.progress import ProgressReporter, finished_line, resume_note
 from labo_fairseq.experiment.recipe import Recipe
+from labo_fairseq.experiment.records import recorded_jobs
 from labo_fairseq.experiment.runs import RunPlan
 
 
@@ -40,10 +41,24 @@ class LocalLauncher:
     progress_interval: float = 0.0
 
     def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
+        refuse_runs_with_live_jobs(runs)
         return run_all(recipe, runs, subsets, max(1, min(self.jobs, len(runs))), self.progress_interval)
 
     def describe(self, count: int) -> str:
         return f"{min(self.jobs, count)} at a time"
+
+
+def refuse_runs_with_live_jobs(runs: Sequence[RunPlan]) -> None:
+    """A run whose last submitit job has no recorded outcome may still be training elsewhere: the
+    pool must not train it a second time into the same directory."""
+    for run in runs:
+        jobs = recorded_jobs(run)
+        if jobs and "outcome" not in jobs[-1]:
+            job = jobs[-1]
+            launcher = job.get("launcher", "slurm")
+            raise UserError(f"{run.run_dir} has {launcher} job {job.get('id', '?')} that may still be running; "
+                            f"run the same command with --launcher {launcher} to attach to it (it records how "
+                            f"the job ended), or remove that directory to train the run here")
 
 
 def gpu_slots(jobs: int) -> List[Optional[str]]:
