@@ -237,6 +237,9 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
     assert not out.exists()  # a dry run writes nothing
     proc = run_experiment(recipe, out)
     assert dry_run_states(recipe, out) == {run: "finished (skipped)" for run in runs}
+    assert "TransformerModel(" not in proc.stdout and "{'_name'" not in proc.stdout  # in train.log only
+    assert proc.stdout.count("(fairseq's configuration and model print: in train.log; --verbose shows them)") == 2
+    assert "fairseq_cli.generate | {'_name'" not in proc.stdout
     assert not (out / ".experiment.lock").exists()
     for run in runs:
         run_dir = out / run
@@ -244,6 +247,7 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
         assert info["seed"] == 1 and info["train_command"][0].endswith("fairseq-train")
         assert (run_dir / "command.sh").read_text().startswith(str(BIN_DIR / "fairseq-train"))
         assert "num_updates 16" in (run_dir / "train.log").read_text()
+        assert "TransformerModel(" in (run_dir / "train.log").read_text()
         assert (run_dir / "checkpoints" / "checkpoint.avg2.pt").exists()  # evaluated: last 2 epochs averaged
         assert json.loads((run_dir / "eval" / "test" / "scores.json").read_text())["checkpoint"].endswith("avg2.pt")
         scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())

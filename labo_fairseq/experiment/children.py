@@ -1,6 +1,7 @@
 """The child processes of a pipeline (training, evaluation), so that an interrupt stops every one."""
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,10 +28,40 @@ def tool_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
-class ChildProcesses:
-    """The running child processes, so that an interrupt can stop every one of them."""
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| ")
+# fairseq's commands' configuration dict (one line) and fairseq-train's model print (a record
+# ending in "Model(", continued by lines without a time stamp)
+_DUMP = re.compile(r"\| fairseq_cli\.\w+ \| (\{'_name'|\w+\($)")
 
-    def __init__(self):
+
+class ConsoleFilter:
+    """What of a child's output the console shows (all of it goes to the log): fairseq's
+    configuration and model dumps are left out, once replaced by a note; everything else, also
+    a traceback's continuation lines, is shown."""
+
+    def __init__(self, log_name: str):
+        self.log_name = log_name
+        self.skipping = False
+        self.noted = False
+
+    def shown(self, line: str) -> Optional[str]:
+        """The line as the console shows it, or None."""
+        if _LOG_RECORD.match(line):
+            self.skipping = bool(_DUMP.search(line.rstrip("\n")))
+        if not self.skipping:
+            return line
+        if self.noted:
+            return None
+        self.noted = True
+        return f"(fairseq's configuration and model print: in {self.log_name}; --verbose shows them)\n"
+
+
+class ChildProcesses:
+    """The running child processes, so that an interrupt can stop every one of them; `verbose`:
+    the console shows all of a streamed child's output (else ConsoleFilter's part)."""
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
         self._lock = threading.Lock()
         self._procs: set = set()
         self.stopping = threading.Event()
@@ -71,11 +102,13 @@ class ChildProcesses:
                                     text=True, env=tool_env(env), start_new_session=True)
             with self._lock:
                 self._procs.add(proc)
+            console = None if self.verbose else ConsoleFilter(log_path.name)
             try:
                 for line in proc.stdout:
                     log.write(line)
-                    if stream:
-                        sys.stdout.write("    " + line)
+                    shown = line if console is None else console.shown(line)
+                    if stream and shown is not None:
+                        sys.stdout.write("    " + shown)
                         sys.stdout.flush()
                 code = proc.wait()
             finally:

@@ -577,7 +577,7 @@ def make_launcher(args, recipe: Recipe, overrides: Dict[str, object]):
     from labo_fairseq.experiment.runner import LocalLauncher
 
     if args.launcher == "pool":
-        return recipe, LocalLauncher(args.jobs, args.progress)
+        return recipe, LocalLauncher(args.jobs, args.progress, args.verbose)
     settings = job_settings(recipe, overrides)
     in_flight = args.jobs if args.launcher == "submitit-local" else int(settings["array_parallelism"])
     cancel = True if args.cancel_on_interrupt else None

@@ -84,7 +84,9 @@ directory (OUT/.experiment.lock, removed when it exits).
 `--dry-run` prints each run's state and training command without running or writing anything.
 While runs train, a status line every minute (--progress SECONDS; 0: none) gives the runs started
 and finished, each training run's update out of its --max-update (read from its train.log), the
-time elapsed and the training time left as estimated from the update rates so far.
+time elapsed and the training time left as estimated from the update rates so far. With
+--jobs 1 the runs' output streams to the console, less fairseq's configuration and model print
+(in each run's train.log; --verbose shows them).
 
 --launcher slurm runs each run as a SLURM job through submitit, as the [slurm] table says (keys:
 partition, account, qos, constraint, gpus_per_run, cpus_per_gpu, mem_gb, time_min,
@@ -201,6 +203,9 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
                         help="print a status line this often while runs train: runs started and finished, each "
                              "training run's update out of --max-update, elapsed time, training time left "
                              "(default 60; 0: none)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show all of the output of training on the console (by default fairseq's "
+                             "configuration and model print go to the run's train.log only)")
     add_launcher_arguments(parser)
     args = parser.parse_args(argv)
     overrides = flag_overrides(args, parser.error)

@@ -39,10 +39,12 @@ class LocalLauncher:
     `progress_interval` > 0, a status line that often while runs train."""
     jobs: int = 1
     progress_interval: float = 0.0
+    verbose: bool = False
 
     def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
         refuse_runs_with_live_jobs(runs)
-        return run_all(recipe, runs, subsets, max(1, min(self.jobs, len(runs))), self.progress_interval)
+        return run_all(recipe, runs, subsets, max(1, min(self.jobs, len(runs))), self.progress_interval,
+                       self.verbose)
 
     def describe(self, count: int) -> str:
         return f"{min(self.jobs, count)} at a time"
@@ -79,10 +81,11 @@ def gpu_slots(jobs: int) -> List[Optional[str]]:
 
 
 def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], jobs: int,
-            progress_interval: float = 0.0) -> Dict[str, dict]:
+            progress_interval: float = 0.0, verbose: bool = False) -> Dict[str, dict]:
     """Runs `runs`, up to `jobs` at once; returns {run name: {"status", "started", "finished"}}.
-    With `progress_interval` > 0, a status line that often while runs train (ProgressReporter)."""
-    children = ChildProcesses()
+    With `progress_interval` > 0, a status line that often while runs train (ProgressReporter);
+    `verbose`: the console shows all of a streamed child's output (see ChildProcesses)."""
+    children = ChildProcesses(verbose)
     reporter = ProgressReporter(recipe, runs, children, progress_interval)
     results: Dict[str, dict] = {}
     slots = gpu_slots(jobs)
