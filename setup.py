@@ -62,6 +62,7 @@ setup(
         "ivon": ["ivon-opt>=0.1.3"],
         "hf": ["transformers>=5.25", "accelerate>=1.1"],   # labo_fairseq.hf (Trainer needs accelerate)
         "cluster": ["submitit>=1.5"],   # labo-experiment --launcher slurm / submitit-local
+        "viz": ["tensorboard>=2.21"],   # viewing [train] tensorboard = true logs (writing needs only tensorboardX)
         "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8",
                  "transformers>=5.25", "accelerate>=1.1", "submitit>=1.5"],
     },

@@ -1,4 +1,7 @@
-"""What the pipeline's console shows of a streamed child's output (experiment.children.ConsoleFilter)."""
+"""What the pipeline shows and logs: the console's part of a streamed child's output
+(experiment.children.ConsoleFilter) and TensorBoard logs ([train] tensorboard)."""
+import pytest
+
 from labo_fairseq.experiment.children import ConsoleFilter
 
 LOG = """2026-12-03 18:51:19 | INFO | fairseq_cli.train | {'_name': None, 'common': {'_name': None}}
@@ -35,3 +38,23 @@ def test_output_without_dumps_passes_unchanged():
     plain = "".join(line for line in LOG.splitlines(keepends=True)
                     if "{'_name'" not in line and "Model(" not in line and not line.startswith(("  (", ")")))
     assert shown(plain) == plain
+
+
+def test_tensorboard_key_gives_each_run_its_log_directory_and_never_blocks_resuming(toy_data_bin, tmp_path):
+    from labo_fairseq.experiment import RecipeError, compare_commands, load_recipe, plan_runs
+    from labo_fairseq.experiment.runs import train_command
+    from tests.test_experiment import write_recipe
+
+    recipe_path = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "ls"\n')
+    text = recipe_path.read_text()
+    plain = load_recipe(recipe_path)
+    recipe_path.write_text(text.replace("[train]\n", "[train]\ntensorboard = true\n"))
+    logged = load_recipe(recipe_path)
+    run = plan_runs(logged, tmp_path / "out")[0]
+    command = train_command(logged, run)
+    assert command[command.index("--tensorboard-logdir") + 1] == str(tmp_path / "out" / run.name / "tb")
+    assert "--tensorboard-logdir" not in train_command(plain, plan_runs(plain, tmp_path / "out")[0])
+    assert compare_commands(train_command(plain, run), command) == (None, None, None)
+    recipe_path.write_text(text.replace("[train]\n", "[train]\ntensorboard = \"yes\"\n"))
+    with pytest.raises(RecipeError, match=r"\[train\] tensorboard must be true or false, got 'yes'"):
+        load_recipe(recipe_path)

@@ -39,6 +39,7 @@ TRAIN_DONE = "train.done"
 EVAL_DONE = "eval.done"
 FAILED_FILE = "FAILED"
 CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tb"  # fairseq-train --tensorboard-logdir, with [train] tensorboard = true
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 EVAL_DIR = "eval"

@@ -7,6 +7,8 @@ from typing import Dict, List, Optional, Sequence
 SCHEDULE_FLAGS = ("--max-update", "--max-epoch")
 # flags that set how often training saves: they do not change the model
 SAVE_FLAGS = ("--save-interval-updates", "--keep-interval-updates")
+# flags that only add logging: a run may resume with or without them
+LOGGING_FLAGS = ("--tensorboard-logdir",)
 
 
 def _flag_values(command: Sequence[str]) -> Dict[str, List[str]]:
@@ -62,8 +64,8 @@ def compare_commands(recorded: Sequence[str], new: Sequence[str]):
     """(change, extended, shortened) between a run's recorded training command and the recipe's:
     `change` describes the differences other than the schedule and save flags (None: none);
     `extended` / `shortened` describe schedule flags that now let training last longer / stop
-    sooner (None: none). Save flags may differ freely."""
-    ignored = SCHEDULE_FLAGS + SAVE_FLAGS
+    sooner (None: none). Save and logging flags may differ freely."""
+    ignored = SCHEDULE_FLAGS + SAVE_FLAGS + LOGGING_FLAGS
     kept_old, kept_new = without_flags(recorded, ignored), without_flags(new, ignored)
     change = describe_command_change(kept_old, kept_new) if kept_old != kept_new else None
     longer, shorter = [], []

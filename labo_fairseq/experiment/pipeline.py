@@ -22,6 +22,8 @@ present in the data-bin once it exists)::
                                  # unless args set --save-interval-updates themselves. Size N so that
                                  # an interrupt loses at most a minute or two of training. fairseq
                                  # also validates at each of these saves.
+    tensorboard = false          # true: each run logs to OUT/<run>/tb/ (fairseq's --tensorboard-logdir);
+                                 # view with `tensorboard --logdir OUT` (pip install labo_fairseq[viz])
 
     [evaluate]
     checkpoint = "average"       # "last" (default), "average" (of the last `average_last` epoch

@@ -25,7 +25,7 @@ BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
 
 RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods", "slurm"}
 DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets"}
-TRAIN_KEYS = {"args", "average_last", "save_interval_updates"}
+TRAIN_KEYS = {"args", "average_last", "save_interval_updates", "tensorboard"}
 DEFAULT_SAVE_INTERVAL_UPDATES = 250
 EVALUATE_KEYS = {"beam", "lenpen", "batch_size", "cpu", "longtail_level", "checkpoint", "average_last"}
 METHOD_KEYS = {"kind", "label", "label_smoothing", "tau", "stop_update", "args", "criterion", "lr", "mc_samples",
@@ -63,6 +63,7 @@ class Recipe:
     evaluate: Dict[str, object]
     methods: List[Method]
     slurm: Dict[str, object] = field(default_factory=dict)  # the [slurm] keys given (checked: slurm_settings)
+    tensorboard: bool = False    # [train] tensorboard: each run logs to <run>/tb/ (--tensorboard-logdir)
 
 
 _fmt = format_hyperparameter  # names and labels show τ and α as the report does
@@ -376,11 +377,14 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
         train_args += ["--save-interval-updates", str(save_every)]
         if "--keep-interval-updates" not in train_args:
             train_args += ["--keep-interval-updates", "1"]
+    tensorboard = train.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        raise RecipeError(f"{path}: [train] tensorboard must be true or false, got {tensorboard!r}")
     return Recipe(path=path, name=name, seeds=seeds, variables=variables, prepare=prepare,
                   data_bin=Path(sub(data["data_bin"])), train_target=Path(sub(data["train_target"])),
                   subsets=subsets, train_args=train_args, checkpoint=checkpoint, average_last=average_last,
                   evaluate=settings, methods=expand_methods(raw.get("methods", []), str(path)),
-                  slurm=slurm_settings(raw.get("slurm", {}), path))
+                  slurm=slurm_settings(raw.get("slurm", {}), path), tensorboard=tensorboard)
 
 
 def split_name(path: Path) -> str:

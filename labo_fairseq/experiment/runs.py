@@ -4,7 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from labo_fairseq.evaluation.runs import BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, averaged_checkpoint
+from labo_fairseq.evaluation.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, TENSORBOARD_DIR,
+                                          averaged_checkpoint)
 from labo_fairseq.experiment.recipe import (PRECISION_FLAGS, PYTHON_BIN, Method, Recipe, RecipeError,
                                             without_optimizer_flags)
 
@@ -43,8 +44,9 @@ def train_command(recipe: Recipe, run: RunPlan) -> List[str]:
     common = without_optimizer_flags(recipe.train_args) if run.method.own_optimizer else recipe.train_args
     if run.method.fp32_only:
         common = without_optimizer_flags(common, PRECISION_FLAGS)
+    logging = ["--tensorboard-logdir", str(run.run_dir / TENSORBOARD_DIR)] if recipe.tensorboard else []
     return [str(PYTHON_BIN / "fairseq-train"), str(recipe.data_bin), *common,
-            *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints)]
+            *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints), *logging]
 
 
 def checkpoint_path(recipe: Recipe, run: RunPlan) -> Path:
