@@ -17,7 +17,9 @@ def test_labo_training_runs_and_logs_fairseq_keys(toy_data_bin, tmp_path):
     first = sum(float(rows[u]["loss"]) for u in range(1, 4)) / 3
     last = sum(float(rows[u]["loss"]) for u in range(28, 31)) / 3
     assert last < first - 0.5, (first, last)
-    assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss [\d.]+ \| q_entropy", proc.stdout)
+    # fairseq's label-smoothing keys first (with --report-accuracy: total, n_correct), then q_entropy
+    assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss [\d.]+ \| total \d+ \| n_correct \d+ \| "
+                     r"q_entropy [\d.]+ \| ppl [\d.]+ \| accuracy [\d.]+", proc.stdout)
     assert (tmp_path / "ckpt" / "checkpoint_best.pt").exists()
 
 
