@@ -34,6 +34,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -175,11 +176,39 @@ def failure_summary(log: Path, limit: int = 300) -> str:
     return found if len(found) <= limit else found[:limit - 3] + "..."
 
 
+PROGRESS_LINE_SECONDS = 30.0  # without a terminal (a log, the pipeline): a line this often
+
+
+class ProgressLines:
+    """Translation progress where no terminal shows a bar (a log file, labo-experiment's console):
+    "translating: N/TOTAL sentences" on stderr every `interval` seconds."""
+
+    def __init__(self, total: Optional[int], interval: Optional[float] = None, stream=None):
+        self.total, self.stream = total, stream or sys.stderr
+        self.interval = PROGRESS_LINE_SECONDS if interval is None else interval
+        self.count = 0
+        self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            of = "" if self.total is None else f"/{self.total}"
+            print(f"translating: {self.count}{of} sentences", file=self.stream, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 def _progress(total: Optional[int]):
+    if not sys.stderr.isatty():
+        return ProgressLines(total)
     from tqdm import tqdm
-    # a bar only for a person watching; logs and pipelines get nothing
-    return tqdm(total=total, unit="sent", desc="translating", disable=not sys.stderr.isatty(),
-                dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit="sent", desc="translating", dynamic_ncols=True, leave=False)
 
 
 def run_generate(command: Sequence[str], out_dir: Path, total: Optional[int]) -> int:

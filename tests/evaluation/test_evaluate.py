@@ -107,3 +107,36 @@ def test_checkpoint_load_errors_are_one_line_naming_the_cause(tmp_path):
     assert line.startswith("checkpoint c.pt does not fit the model built for data-bin bin: Missing key(s) in "
                            "state_dict: ") and "\n" not in line and "weight" in line
     assert checkpoint_load_error("c.pt", "bin", "KeyError: 'model'") is None
+
+
+def test_translation_progress_without_a_terminal_is_a_line_every_interval(tmp_path):
+    """Inside labo-experiment (stderr a pipe) no bar is drawn: run_generate reports lines instead."""
+    import io
+    import sys
+
+    from labo_fairseq.evaluation import evaluate
+
+    stream = io.StringIO()
+    with evaluate.ProgressLines(3, interval=0.0, stream=stream) as progress:
+        for _ in range(3):
+            progress.update(1)
+    assert stream.getvalue().splitlines() == [f"translating: {n}/3 sentences" for n in (1, 2, 3)]
+    quiet = io.StringIO()
+    with evaluate.ProgressLines(None, interval=3600.0, stream=quiet) as progress:
+        progress.update(5)
+    assert quiet.getvalue() == "" and progress.count == 5
+    # the real path: a child printing S- lines, stderr not a terminal
+    script = "import sys\nfor i in range(4):\n    print(f'S-{i}\\tx')\n"
+    original = evaluate.PROGRESS_LINE_SECONDS
+    evaluate.PROGRESS_LINE_SECONDS = 0.0
+    try:
+        captured = io.StringIO()
+        real_stderr, sys.stderr = sys.stderr, captured
+        try:
+            status = evaluate.run_generate([sys.executable, "-c", script], tmp_path, 4)
+        finally:
+            sys.stderr = real_stderr
+    finally:
+        evaluate.PROGRESS_LINE_SECONDS = original
+    assert status == 0 and (tmp_path / "generate.out").read_text().count("S-") == 4
+    assert captured.getvalue().splitlines()[-1] == "translating: 4/4 sentences"
