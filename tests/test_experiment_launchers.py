@@ -207,7 +207,9 @@ def test_submitit_local_jobs_attach_requeue_and_report(toy_data_bin, tmp_path):
     # the preempted run resumed from its checkpoint and trained to the same final update
     train_log = (ls / "train.log").read_text()
     resumed = [int(u) for u in re.findall(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)", train_log)]
-    assert resumed and resumed[-1] >= 10, train_log[-2000:]
+    # the first save is the end of epoch 1 (update 8) or the interval save (update 10): USR2 follows
+    # the first "Saved checkpoint" line, so either may be where it resumes
+    assert resumed and resumed[-1] >= 8, train_log[-2000:]
     assert "num_updates 40" in train_log.rsplit("Loaded checkpoint", 1)[1]
     assert "num_updates 40" in (labo / "train.log").read_text()
     job_log = (ls / "submitit" / f"{ls_job}_0_log.out").read_text()
