@@ -23,10 +23,10 @@ from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.runs import FAILED_FILE, RUN_FILE, TRAIN_DONE
 from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import duration, say
-from labo_fairseq.experiment.progress import last_valid_nll, resume_note
+from labo_fairseq.experiment.progress import finished_line, resume_note
 from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, slurm_setting_error
-from labo_fairseq.experiment.records import (JOBS_KEY, RunRefused, check_run_dir, data_fingerprint,
-                                             evaluation_change, prepare_run_dir, recorded_jobs)
+from labo_fairseq.experiment.records import (JOBS_KEY, RunRefused, check_run_dir, clear_failure, data_fingerprint,
+                                             evaluation_change, prepare_run_dir, record_failure, recorded_jobs)
 from labo_fairseq.experiment.runs import RunPlan
 from labo_fairseq.procs import pid_running
 from labo_fairseq.textfiles import read_json_object, write_json_atomic
@@ -176,10 +176,9 @@ class RunJob:
             children.stop_all()
             raise
         except Exception as error:  # the job fails; its reason also goes where the pool leaves it
-            if self.run.run_dir.is_dir():
-                (self.run.run_dir / FAILED_FILE).write_text(f"{error}\n", encoding="utf-8")
+            record_failure(self.run, error)
             raise
-        (self.run.run_dir / FAILED_FILE).unlink(missing_ok=True)
+        clear_failure(self.run)
         print(f"run {self.run.name}: {status}", flush=True)
         return {"status": status, "started": started, "finished": time.time()}
 
@@ -250,6 +249,8 @@ class SubmititLauncher:
     wait: bool = True
     cancel_on_interrupt: Optional[bool] = None
     poll_s: Optional[float] = None
+    counter: int = dataclasses.field(default=0, init=False)  # runs reported ended so far
+    total: int = dataclasses.field(default=0, init=False)
 
     def describe(self, count: int) -> str:
         gpus = int(self.settings["gpus_per_run"])
@@ -322,8 +323,7 @@ class SubmititLauncher:
         try:
             check_run_dir(recipe, run, data)
         except RunRefused as refused:
-            self._finish(run, {"status": f"failed: {refused}", "started": time.time(), "finished": time.time()},
-                         results, None)
+            self._refuse(run, refused, results)
             return
         if (run.run_dir / TRAIN_DONE).exists() and evaluation_change(recipe, run, subsets) is None:
             results[run.name] = {"status": "skipped", "started": time.time(), "finished": time.time()}
@@ -338,8 +338,7 @@ class SubmititLauncher:
         try:
             prepare_run_dir(recipe, run, subsets, data)  # what the job checks again: refused early here
         except RunRefused as refused:
-            self._finish(run, {"status": f"failed: {refused}", "started": time.time(), "finished": time.time()},
-                         results, None)
+            self._refuse(run, refused, results)
             return None
         executor = self._executor(recipe, run)
         with _detached():
@@ -461,15 +460,14 @@ class SubmititLauncher:
     def _finish(self, run: RunPlan, outcome: dict, results: Dict[str, dict], job_id) -> None:
         results[run.name] = outcome
         self.counter += 1
-        status = outcome["status"]
         took = duration(outcome["finished"] - outcome["started"])
-        job = f" (job {job_id})" if job_id is not None else ""
-        if status.startswith("failed"):
-            line = f"failed: {status[len('failed: '):]}"
-        else:
-            nll = last_valid_nll(run)
-            line = f"{status}{job} in {took}" + ("" if nll is None else f", valid nll {nll:.2f}")
-        say(f"[{self.counter}/{self.total}] {run.name} {line}")
+        # a failure's status already names its job and log
+        job = "" if job_id is None or outcome["status"].startswith("failed") else f" (job {job_id})"
+        say(f"[{self.counter}/{self.total}] {run.name} {finished_line(run, outcome['status'], took, job)}")
+
+    def _refuse(self, run: RunPlan, refused: RunRefused, results: Dict[str, dict]) -> None:
+        now = time.time()
+        self._finish(run, {"status": f"failed: {refused}", "started": now, "finished": now}, results, None)
 
     def _interrupted(self, tracked: Dict[str, Tracked]) -> None:
         if not tracked:

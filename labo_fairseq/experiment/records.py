@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.errors import UserError
-from labo_fairseq.evaluation.runs import EVAL_DONE, LONGTAIL_FILE, RUN_FILE, SCORES_FILE, TRAIN_DONE, eval_dir
+from labo_fairseq.evaluation.runs import (EVAL_DONE, FAILED_FILE, LONGTAIL_FILE, RUN_FILE, SCORES_FILE, TRAIN_DONE,
+                                          eval_dir)
 from labo_fairseq.experiment.commands import compare_commands
 from labo_fairseq.experiment.recipe import Recipe, RecipeError, checkpoint_description, split_name
 from labo_fairseq.experiment.runs import RunPlan, checkpoint_path, train_command
@@ -25,6 +26,16 @@ def recorded_jobs(run: RunPlan) -> List[dict]:
     except UserError:
         return []
     return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+
+
+def record_failure(run: RunPlan, error: BaseException) -> None:
+    """Leaves why the run failed in <run>/FAILED (the report and the next attempt read it)."""
+    if run.run_dir.is_dir():
+        (run.run_dir / FAILED_FILE).write_text(f"{error}\n", encoding="utf-8")
+
+
+def clear_failure(run: RunPlan) -> None:
+    (run.run_dir / FAILED_FILE).unlink(missing_ok=True)
 
 
 class RunRefused(RecipeError):

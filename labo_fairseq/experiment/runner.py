@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence
 
 from labo_fairseq.errors import UserError
-from labo_fairseq.evaluation.runs import FAILED_FILE
 from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import duration, say
 from labo_fairseq.experiment.execute import execute_run
 from labo_fairseq.experiment.progress import ProgressReporter, finished_line, resume_note
 from labo_fairseq.experiment.recipe import Recipe
-from labo_fairseq.experiment.records import recorded_jobs
+from labo_fairseq.experiment.records import clear_failure, record_failure, recorded_jobs
 from labo_fairseq.experiment.runs import RunPlan
 
 
@@ -109,14 +108,13 @@ def run_all(recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str], job
             if stream:
                 say(f"run {run.name}")
             entry["status"] = execute_run(recipe, run, subsets, children, stream, env)
-            (run.run_dir / FAILED_FILE).unlink(missing_ok=True)
+            clear_failure(run)
         except Interrupted:
             entry["status"] = "interrupted"
         except Exception as error:  # noqa: BLE001  one run's failure must not stop the others
             entry["status"] = f"failed: {error}" if isinstance(error, (UserError, RuntimeError, ValueError, OSError)) \
                 else f"failed: {type(error).__name__}: {error}"
-            if run.run_dir.is_dir():
-                (run.run_dir / FAILED_FILE).write_text(f"{error}\n", encoding="utf-8")
+            record_failure(run, error)
         finally:
             entry["finished"] = time.time()
             with lock:
