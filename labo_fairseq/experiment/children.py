@@ -4,13 +4,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.evaluation.runs import TRAIN_LOG
+from labo_fairseq.experiment.console import CONSOLE
 from labo_fairseq.experiment.recipe import PYTHON_BIN
 from labo_fairseq.experiment.runs import RunPlan
 from labo_fairseq.procs import child_command
@@ -108,8 +108,7 @@ class ChildProcesses:
                     log.write(line)
                     shown = line if console is None else console.shown(line)
                     if stream and shown is not None:
-                        sys.stdout.write("    " + shown)
-                        sys.stdout.flush()
+                        CONSOLE.write("    " + shown if shown.endswith("\n") else "    " + shown + "\n")
                 code = proc.wait()
             finally:
                 with self._lock:

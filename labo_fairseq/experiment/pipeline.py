@@ -84,9 +84,10 @@ the others still run and are reported. Ctrl-C or SIGTERM stops every child and l
 runs; children also die if this process is killed. One pipeline at a time may use an output
 directory (OUT/.experiment.lock, removed when it exits).
 `--dry-run` prints each run's state and training command without running or writing anything.
-While runs train, a status line every minute (--progress SECONDS; 0: none) gives the runs started
-and finished, each training run's update out of its --max-update (read from its train.log), the
-time elapsed and the training time left as estimated from the update rates so far. With
+While runs train, a status line gives the runs started and finished, each training run's update
+out of its --max-update (read from its train.log), the time elapsed and the training time left as
+estimated from the update rates so far: on a terminal one line rewritten every second, in a log or
+a pipe a plain line every minute (--progress SECONDS; 0: no status). With
 --jobs 1 the runs' output streams to the console, less fairseq's configuration and model print
 (in each run's train.log; --verbose shows them).
 
@@ -202,9 +203,10 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
                         help="train and evaluate up to N runs at once (default 1: one at a time, with their "
                              "output on the console); several visible GPUs are shared round-robin")
     parser.add_argument("--progress", type=float, default=60.0, metavar="SECONDS",
-                        help="print a status line this often while runs train: runs started and finished, each "
-                             "training run's update out of --max-update, elapsed time, training time left "
-                             "(default 60; 0: none)")
+                        help="how often a plain status line is printed while runs train when the output is not "
+                             "a terminal (on a terminal the line is rewritten every second): runs started and "
+                             "finished, each training run's update out of --max-update, elapsed time, training "
+                             "time left (default 60; 0: no status)")
     parser.add_argument("--verbose", action="store_true",
                         help="show all of the output of training on the console (by default fairseq's "
                              "configuration and model print go to the run's train.log only)")

@@ -1,15 +1,15 @@
 """What the pipeline tells while it runs: each run's last validation loss, where an interrupted
-run resumes, and a status line every so often (ProgressReporter)."""
+run resumes, and its status while runs train (ProgressReporter)."""
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence
 
 from labo_fairseq.evaluation.runs import LAST_CHECKPOINT, TRAIN_DONE, TRAIN_LOG
-from labo_fairseq.experiment.children import ChildProcesses
 from labo_fairseq.experiment.commands import max_update
-from labo_fairseq.experiment.console import duration, say
+from labo_fairseq.experiment.console import CONSOLE, Console, duration
 from labo_fairseq.experiment.recipe import Recipe
 from labo_fairseq.experiment.runs import RunPlan, train_command
 
@@ -65,18 +65,43 @@ def resume_note(run: RunPlan) -> str:
 
 
 _LOADED = re.compile(r"Loaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+LIVE_REFRESH_S = 1.0  # how often the status line on a terminal is rewritten
+
+
+class TrainingSource(Protocol):
+    """Where ProgressReporter learns which runs train now: ChildProcesses for the local pool, the
+    submitit launcher's view of its running jobs for the others."""
+    stopping: threading.Event
+
+    def training_since(self) -> List[tuple]:
+        """[(run, (start time, train.log size at the start))] of the runs training now."""
+
+
+@dataclass
+class _LogPosition:
+    """How far ProgressReporter has read a training run's train.log, and what it found there."""
+    since: tuple
+    offset: int
+    first: int = 0              # the update training started from (a loaded checkpoint's)
+    update: Optional[int] = None
+    partial: bytes = b""        # an incomplete last line, kept for the next read
 
 
 class ProgressReporter:
-    """A status line every `interval` seconds while runs train: runs started and finished, each
-    training run's update (from its train.log) out of its --max-update, the time elapsed and an
-    estimate of the training time left (from the update rates so far; evaluation not included)."""
+    """The pipeline's status while runs train: runs started and finished, each training run's
+    update (from its train.log) out of its --max-update, the time elapsed and an estimate of the
+    training time left (from the update rates so far; evaluation not included). On a terminal it is
+    one line rewritten every second; elsewhere a plain line every `interval` seconds. `interval` 0:
+    no status at all."""
 
-    def __init__(self, recipe: Recipe, runs: Sequence[RunPlan], children: ChildProcesses, interval: float):
-        self.recipe, self.runs, self.children, self.interval = recipe, list(runs), children, interval
+    def __init__(self, recipe: Recipe, runs: Sequence[RunPlan], source: TrainingSource, interval: float,
+                 console: Console = CONSOLE):
+        self.recipe, self.runs, self.source, self.interval = recipe, list(runs), source, interval
+        self.console = console
         self.started_at = time.time()
         self.started = self.finished = 0
         self.started_names: set = set()
+        self._logs: Dict[str, _LogPosition] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -89,33 +114,54 @@ class ProgressReporter:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self.console.clear_status()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self.children.stopping.is_set():
-                say(self.status())
+        live = self.console.live
+        while not self._stop.wait(LIVE_REFRESH_S if live else self.interval):
+            if self.source.stopping.is_set():
+                continue
+            if live:
+                self.console.status(self.status())
+            else:
+                self.console.say(self.status())
+
+    def _read_log(self, run: RunPlan, since: tuple) -> _LogPosition:
+        """Reads what train.log gained since the last call (a resumed log is read from `since`)."""
+        position = self._logs.get(run.name)
+        if position is None or position.since != since:
+            position = self._logs[run.name] = _LogPosition(since, since[1])
+        try:
+            with open(run.run_dir / TRAIN_LOG, "rb") as log:
+                log.seek(position.offset)
+                data = log.read()
+        except OSError:
+            return position
+        position.offset += len(data)
+        lines, _, position.partial = (position.partial + data).rpartition(b"\n")
+        text = lines.decode("utf-8", errors="replace")
+        loaded = _LOADED.findall(text)
+        if loaded:
+            position.first = int(loaded[-1])
+        seen = _UPDATES.findall(text)
+        if seen:
+            position.update = int(seen[-1])
+        return position
 
     def _run_state(self, run: RunPlan, since: tuple, now: float):
         """(text, updates left or None, updates per second or None) of a training run."""
-        started, offset = since
+        started = since[0]
         target = max_update(train_command(self.recipe, run))
-        try:
-            with open(run.run_dir / TRAIN_LOG, "rb") as log:
-                log.seek(offset)
-                text = log.read().decode("utf-8", errors="replace")
-        except OSError:
-            text = ""
-        loaded = _LOADED.findall(text)
-        first = int(loaded[-1]) if loaded else 0
-        seen = [int(u) for u in _UPDATES.findall(text)]
-        update = seen[-1] if seen else first
+        position = self._read_log(run, since)
+        first = position.first
+        update = position.update if position.update is not None else first
         rate = (update - first) / (now - started) if update > first and now > started else None
         shown = f"{run.name} update {update}" + (f"/{target}" if target else "")
         return shown, (max(0, target - update) if target else None), rate
 
     def status(self) -> str:
         now = time.time()
-        states = [self._run_state(run, since, now) for run, since in self.children.training_since()]
+        states = [self._run_state(run, since, now) for run, since in self.source.training_since()]
         parts = [f"{self.started}/{len(self.runs)} run(s) started, {self.finished} finished"]
         parts += [text for text, _, _ in states]
         parts.append(f"{duration(now - self.started_at)} elapsed")
