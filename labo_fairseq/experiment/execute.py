@@ -12,7 +12,7 @@ from labo_fairseq.experiment.children import ChildProcesses, Interrupted
 from labo_fairseq.experiment.console import say
 from labo_fairseq.experiment.recipe import Recipe
 from labo_fairseq.experiment.records import data_fingerprint, evaluation_change, evaluation_record, prepare_run_dir
-from labo_fairseq.experiment.runs import RunPlan, checkpoint_path, evaluation_checkpoint
+from labo_fairseq.experiment.runs import RunPlan, checkpoint_path, evaluation_checkpoint, train_command
 from labo_fairseq.textfiles import write_json_atomic, write_text_atomic
 
 
@@ -66,3 +66,24 @@ def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: 
         say(f"{run.name}: evaluating again ({change})")
     evaluate_run(recipe, run, evaluation_checkpoint(recipe, run), subsets, children, stream, env)
     return "done"
+
+
+def node_train_log(run: RunPlan, node: int) -> Path:
+    """The training log of node `node` > 0 of a multi-node run (the first node's is train.log)."""
+    return run.run_dir / f"train.node{node}.log"
+
+
+def train_on_other_node(recipe: Recipe, run: RunPlan, node: int, children: ChildProcesses) -> str:
+    """Node `node` > 0 of a multi-node run: the first node's training command, into
+    node_train_log; fairseq's SLURM initialisation makes its workers ranks of the same training.
+    The first node alone writes the run's records (run.json, command.sh, train.done, FAILED) and
+    evaluates. Both decide from train.done whether there is training to do, which the submitter
+    settled before the job started (prepare_run_dir). Returns what it did."""
+    if children.stopping.is_set():
+        raise Interrupted()
+    if (run.run_dir / TRAIN_DONE).exists():
+        return f"nothing to train on node {node} (training had finished)"
+    resuming = (run.checkpoints / LAST_CHECKPOINT).exists()
+    children.run(train_command(recipe, run), node_train_log(run, node), f"training {run.name} on node {node}",
+                 stream=False, append=resuming)
+    return f"trained on node {node}"

@@ -7,34 +7,51 @@ log) are in <run>/submitit/; run.json lists the run's jobs ("jobs": launcher, id
 running the same command again attaches to a job still queued or running instead of submitting
 the run a second time. A preempted or timed-out job (submitit's signal, USR2) stops its training
 child and is requeued (RunJob.checkpoint); it resumes from the last checkpoint saved.
+
+A run over several nodes ([slurm] nodes > 1) is one job of one task per node; submitit runs
+RunJob on each. The first node's task (global rank 0) does what a one-node job does; the others
+only run the same training command (execute.train_on_other_node), which fairseq's own SLURM
+initialisation (--distributed-port) joins into one training. [data] launcher = "job" prepares the
+data as a job of its own (PrepareJob), recorded in OUT/prepare/job.json, before any run's job.
 """
 import contextlib
 import dataclasses
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.errors import UserError
 from labo_fairseq.evaluation.runs import FAILED_FILE, RUN_FILE, TRAIN_DONE
-from labo_fairseq.experiment.children import ChildProcesses, Interrupted
+from labo_fairseq.experiment.children import ChildProcesses, Interrupted, tool_env
 from labo_fairseq.experiment.console import duration, say
 from labo_fairseq.experiment.progress import finished_line, resume_note
-from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, slurm_setting_error
+from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, RecipeError, slurm_setting_error
 from labo_fairseq.experiment.records import (JOBS_KEY, RunRefused, check_run_dir, clear_failure, data_fingerprint,
                                              evaluation_change, prepare_run_dir, record_failure, recorded_jobs)
 from labo_fairseq.experiment.runs import RunPlan
-from labo_fairseq.procs import pid_running
+from labo_fairseq.procs import child_command, pid_running
 from labo_fairseq.textfiles import read_json_object, write_json_atomic
 
 LAUNCHERS = ("pool", "submitit-local", "slurm")
 SUBMITIT_DIR = "submitit"  # a run's submitit folder: pickled call, result, log of each of its jobs
 # [slurm] defaults (the recipe's [slurm] table and --slurm-* flags override them)
-SLURM_DEFAULTS = {"gpus_per_run": 1, "cpus_per_gpu": 4, "time_min": 1440, "array_parallelism": 256, "setup": []}
+SLURM_DEFAULTS = {"nodes": 1, "gpus_per_run": 1, "cpus_per_gpu": 4, "time_min": 1440, "array_parallelism": 256,
+                  "setup": []}
+# a multi-node run's --distributed-port unless [slurm] distributed_port sets one: PORT_BASE + a hash
+# of the run's directory modulo PORT_SPAN, below Linux's ephemeral ports (32768-60999)
+PORT_BASE, PORT_SPAN = 20000, 12000
+FIRST_NODE_POLL_S = 10.0    # how often another node looks whether the first node's task has ended
+PREPARE_DIR = "prepare"     # OUT/prepare/: the data-preparation job's submitit folder and record
+PREPARE_RECORD = "job.json"
 SIGNAL_DELAY_S = 120        # submitit's USR2 comes this long before the time limit
 RECORD_WAIT_S = 60          # a job waits this long for the submitter to record it in run.json
 POLL_S = {"submitit-local": 1.0, "slurm": 30.0}
@@ -61,7 +78,15 @@ def add_launcher_arguments(parser) -> None:
                         help="with slurm or submitit-local: Ctrl-C cancels the submitted jobs (default: ask when "
                              "interactive, else leave them running; run the same command again to attach)")
     group = parser.add_argument_group("SLURM job settings (override the recipe's [slurm] table)")
-    kinds = {"gpus_per_run": int, "cpus_per_gpu": int, "time_min": int, "array_parallelism": int, "mem_gb": float}
+    kinds = {"nodes": int, "gpus_per_run": int, "cpus_per_gpu": int, "time_min": int, "array_parallelism": int,
+             "mem_gb": float, "distributed_port": int}
+    meaning = {"nodes": ": nodes of each run's job, one task each (> 1: --launcher slurm, fairseq's multi-node "
+                        "training over nodes x gpus_per_run GPUs)",
+               "gpus_per_run": ": GPUs on each node of a run's job (> 1 on one node: fairseq's "
+                               "--distributed-world-size on them)",
+               "mem_gb": ": memory of each node of a job",
+               "distributed_port": " (default: from a hash of the run's directory): the --distributed-port of "
+                                   "multi-node runs"}
     for key in SLURM_RULES:
         flag = f"--slurm-{key.replace('_', '-')}"
         if key == "setup":
@@ -70,7 +95,8 @@ def add_launcher_arguments(parser) -> None:
                                     "flag for several; replaces the recipe's setup)")
         else:
             default = f" (default {SLURM_DEFAULTS[key]})" if key in SLURM_DEFAULTS else ""
-            group.add_argument(flag, type=kinds.get(key, str), dest=f"slurm_{key}", help=f"[slurm] {key}{default}",
+            group.add_argument(flag, type=kinds.get(key, str), dest=f"slurm_{key}",
+                               help=f"[slurm] {key}{default}{meaning.get(key, '')}",
                                metavar={int: "N", float: "GB"}.get(kinds.get(key), "NAME"))
 
 
@@ -94,29 +120,79 @@ def job_settings(recipe: Recipe, overrides: Dict[str, object]) -> Dict[str, obje
     return {**SLURM_DEFAULTS, **recipe.slurm, **overrides}
 
 
+def check_job_settings(kind: str, recipe: Recipe, overrides: Dict[str, object], settings: Dict[str, object]) -> None:
+    """Refuses, in one line, settings that no job could train with: several nodes without GPUs
+    (fairseq's SLURM initialisation counts each node's GPUs: on CPUs its world would be empty) or
+    on submitit-local (one process of this machine, no SLURM to start a task on each node)."""
+    nodes = int(settings["nodes"])
+    if nodes == 1:
+        return
+    given = f"--slurm-nodes {nodes}" if "nodes" in overrides else f"{recipe.path}: [slurm] nodes = {nodes}"
+    if kind != "slurm":
+        raise UserError(f"{given} needs --launcher slurm ({kind} runs each job as processes of this machine)")
+    if int(settings["gpus_per_run"]) < 1:
+        raise UserError(f"{given} needs gpus_per_run >= 1, got 0: fairseq's multi-node training runs one worker "
+                        f"per GPU of each node")
+
+
 def distributed_recipe(recipe: Recipe, settings: Dict[str, object]) -> Recipe:
-    """The recipe as the jobs train it: with gpus_per_run > 1, fairseq's own distributed training
-    on the job's GPUs (--distributed-world-size; fairseq spawns one worker per GPU)."""
-    gpus = int(settings["gpus_per_run"])
-    if gpus <= 1 or "--distributed-world-size" in recipe.train_args:
-        return recipe
-    return dataclasses.replace(recipe, train_args=[*recipe.train_args, "--distributed-world-size", str(gpus)])
+    """The recipe as the jobs train it: with several GPUs, fairseq's own distributed training on
+    them (--distributed-world-size nodes x gpus_per_run; fairseq spawns one worker per GPU of
+    each node). Over several nodes every rank also reads checkpoint_last.pt itself when resuming
+    (--load-checkpoint-on-all-dp-ranks): fairseq's default, rank 0 loading and broadcasting the
+    loaded state, unpickles it with torch's weights-only default, which refuses the omegaconf
+    config in it (`Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig`)."""
+    nodes = int(settings["nodes"])
+    world = nodes * int(settings["gpus_per_run"])
+    args = list(recipe.train_args)
+    if world > 1 and "--distributed-world-size" not in args:
+        args += ["--distributed-world-size", str(world)]
+    if nodes > 1 and "--load-checkpoint-on-all-dp-ranks" not in args:
+        args.append("--load-checkpoint-on-all-dp-ranks")
+    return recipe if args == recipe.train_args else dataclasses.replace(recipe, train_args=args)
+
+
+def distributed_port(run: RunPlan, settings: Dict[str, object]) -> int:
+    """A multi-node run's --distributed-port: [slurm] distributed_port, else one derived from the
+    run's directory, so that it stays the same for every job of the run (it is part of the
+    recorded training command) and differs between runs that may share a first node."""
+    if "distributed_port" in settings:
+        return int(settings["distributed_port"])
+    digest = hashlib.sha256(str(run.run_dir.resolve()).encode("utf-8")).digest()
+    return PORT_BASE + int.from_bytes(digest[:8], "big") % PORT_SPAN
+
+
+def distributed_runs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, object]) -> List[RunPlan]:
+    """The runs as the jobs train them: over several nodes each adds its --distributed-port, which
+    turns on fairseq's SLURM initialisation (rank 0 listens on it on the first node). The port is
+    the run's own, so it joins the flags of the run's method; the recipe's args may set one."""
+    if int(settings["nodes"]) <= 1 or "--distributed-port" in recipe.train_args:
+        return list(runs)
+    return [dataclasses.replace(run, method=dataclasses.replace(run.method, criterion_args=[
+        *run.method.criterion_args, "--distributed-port", str(distributed_port(run, settings))])) for run in runs]
 
 
 def job_folder(run: RunPlan) -> Path:
     return run.run_dir.resolve() / SUBMITIT_DIR
 
 
-def sbatch_parameters(recipe: Recipe, run: RunPlan, settings: Dict[str, object]) -> Dict[str, object]:
-    """The sbatch parameters of a run's job, in submitit's SlurmExecutor names."""
+def prepare_folder(out_dir) -> Path:
+    """The data-preparation job's submitit folder."""
+    return Path(out_dir).resolve() / PREPARE_DIR / SUBMITIT_DIR
+
+
+def prepare_record_path(out_dir) -> Path:
+    """OUT/prepare/job.json: the data-preparation job last submitted ({"launcher", "id", "folder",
+    "submitted", "command", "outcome"}), so that running the command again attaches to it."""
+    return Path(out_dir) / PREPARE_DIR / PREPARE_RECORD
+
+
+def _cluster_parameters(settings: Dict[str, object]) -> Dict[str, object]:
+    """The sbatch parameters that every job of the pipeline shares."""
     from submitit.slurm.slurm import _convert_mem
 
-    gpus = int(settings["gpus_per_run"])
-    params = {"job_name": f"{recipe.name}/{run.name}", "time": settings["time_min"], "nodes": 1,
-              "ntasks_per_node": 1, "cpus_per_task": int(settings["cpus_per_gpu"]) * max(1, gpus),
-              "signal_delay_s": SIGNAL_DELAY_S, "stderr_to_stdout": True, "setup": list(settings["setup"])}
-    if gpus:
-        params["gpus_per_node"] = gpus
+    params = {"time": settings["time_min"], "signal_delay_s": SIGNAL_DELAY_S, "stderr_to_stdout": True,
+              "setup": list(settings["setup"])}
     for key in ("partition", "account", "qos", "constraint"):
         if key in settings:
             params[key] = settings[key]
@@ -125,18 +201,50 @@ def sbatch_parameters(recipe: Recipe, run: RunPlan, settings: Dict[str, object])
     return params
 
 
-def sbatch_script(recipe: Recipe, run: RunPlan, settings: Dict[str, object]) -> str:
-    """The sbatch script submitit's SlurmExecutor writes for this run's job."""
+def sbatch_parameters(recipe: Recipe, run: RunPlan, settings: Dict[str, object]) -> Dict[str, object]:
+    """The sbatch parameters of a run's job, in submitit's SlurmExecutor names: `nodes` nodes, one
+    task and gpus_per_run GPUs on each."""
+    gpus = int(settings["gpus_per_run"])
+    params = {"job_name": f"{recipe.name}/{run.name}", "nodes": int(settings["nodes"]), "ntasks_per_node": 1,
+              "cpus_per_task": int(settings["cpus_per_gpu"]) * max(1, gpus), **_cluster_parameters(settings)}
+    if gpus:
+        params["gpus_per_node"] = gpus
+    return params
+
+
+def prepare_sbatch_parameters(recipe: Recipe, settings: Dict[str, object]) -> Dict[str, object]:
+    """The data-preparation job's: one node, the CPUs of a run's job and no GPU."""
+    cpus = int(settings["cpus_per_gpu"]) * max(1, int(settings["gpus_per_run"]))
+    return {"job_name": f"{recipe.name}/prepare", "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": cpus,
+            **_cluster_parameters(settings)}
+
+
+def _sbatch_text(folder: Path, params: Dict[str, object]) -> str:
+    """The sbatch script submitit's SlurmExecutor writes for a job of this folder."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    folder = job_folder(run)
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, **sbatch_parameters(recipe, run, settings))
+    return _make_sbatch_string(command=command, folder=folder, **params)
 
 
-def describe_jobs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, object]) -> str:
-    """--launcher slurm --dry-run: each run's sbatch script."""
-    lines = [f"# SLURM jobs: one per run, at most {settings['array_parallelism']} queued or running at once"]
+def sbatch_script(recipe: Recipe, run: RunPlan, settings: Dict[str, object]) -> str:
+    """The sbatch script submitit's SlurmExecutor writes for this run's job."""
+    return _sbatch_text(job_folder(run), sbatch_parameters(recipe, run, settings))
+
+
+def describe_jobs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, object], out_dir) -> str:
+    """--launcher slurm --dry-run: the data-preparation job's sbatch script ([data] launcher =
+    "job", when the data-bin is still to be prepared), then each run's."""
+    nodes = int(settings["nodes"])
+    each = f", {nodes} nodes each" if nodes > 1 else ""
+    lines = [f"# SLURM jobs: one per run{each}, at most {settings['array_parallelism']} queued or running at once"]
+    if recipe.data_launcher == "job":
+        if any(recipe.data_bin.glob("dict.*.txt")):
+            lines += ["", f"# data: {recipe.data_bin} holds fairseq data: no preparation job"]
+        elif recipe.prepare is not None:
+            script = prepare_folder(out_dir) / "<job id>_submission.sh"
+            lines += ["", f"# ---- data preparation (before any run's job): {script}",
+                      _sbatch_text(prepare_folder(out_dir), prepare_sbatch_parameters(recipe, settings))]
     for run in runs:
         script = job_folder(run) / "<job id>_submission.sh"
         lines += ["", f"# ---- {run.name}: {script}", sbatch_script(recipe, run, settings)]
@@ -146,7 +254,11 @@ def describe_jobs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, o
 class RunJob:
     """One run as a submitit job: execute_run in the job's process, returning {"status", "started",
     "finished"}. checkpoint() is submitit's hook for preemption and time limits: it stops the
-    training child and asks for the same call again, which resumes from checkpoint_last.pt."""
+    training child and asks for the same call again, which resumes from checkpoint_last.pt.
+    In a multi-node job every node's task runs it: the first (global rank 0, the task whose
+    result the pipeline reads and that submitit checkpoints and requeues) as above, the others
+    only their part of the training (_train_on_other_node); a requeued job starts every task
+    again, and all resume together."""
 
     def __init__(self, recipe: Recipe, run: RunPlan, subsets: Sequence[str]):
         self.recipe, self.run, self.subsets = recipe, run, list(subsets)
@@ -169,7 +281,11 @@ class RunJob:
             signal.signal(signal.SIGTERM, _raise_interrupted)
         self._children = children = ChildProcesses()
         started = time.time()
-        print(f"run {self.run.name} in job {environment.job_id} on {environment.hostname}", flush=True)
+        node = environment.global_rank  # one task per node: a task's rank is its node's
+        where = f" (node {node} of {environment.num_nodes})" if environment.num_nodes > 1 else ""
+        print(f"run {self.run.name} in job {environment.job_id} on {environment.hostname}{where}", flush=True)
+        if node != 0:
+            return self._train_on_other_node(environment, children, started)
         try:
             status = execute_run_here(self.recipe, self.run, self.subsets, children)
         except (KeyboardInterrupt, Interrupted):
@@ -179,6 +295,39 @@ class RunJob:
             record_failure(self.run, error)
             raise
         clear_failure(self.run)
+        print(f"run {self.run.name}: {status}", flush=True)
+        return {"status": status, "started": started, "finished": time.time()}
+
+    def _train_on_other_node(self, environment, children: ChildProcesses, started: float) -> dict:
+        """Node N > 0: the training command only, into <run>/train.node<N>.log; no record, no
+        evaluation. Should the first node's task end first (it failed before its training
+        joined, say), this node's training would wait for it forever: it is stopped then."""
+        from submitit.core.utils import JobPaths
+
+        from labo_fairseq.experiment.execute import train_on_other_node
+
+        node = environment.global_rank
+        first_result = JobPaths(environment.paths.folder, job_id=environment.job_id, task_id=0).result_pickle
+        finished, first_ended = threading.Event(), threading.Event()
+
+        def watch_first_node():
+            while not finished.wait(FIRST_NODE_POLL_S):
+                if first_result.exists():
+                    first_ended.set()
+                    children.stop_all()
+                    return
+
+        threading.Thread(target=watch_first_node, daemon=True).start()
+        try:
+            status = train_on_other_node(self.recipe, self.run, node, children)
+        except (KeyboardInterrupt, Interrupted):
+            children.stop_all()
+            if first_ended.is_set():
+                raise RuntimeError(f"the first node's task ended ({first_result}) while node {node} was training; "
+                                   f"stopped it") from None
+            raise
+        finally:
+            finished.set()
         print(f"run {self.run.name}: {status}", flush=True)
         return {"status": status, "started": started, "finished": time.time()}
 
@@ -199,6 +348,29 @@ def execute_run_here(recipe, run, subsets, children) -> str:
 
 def _raise_interrupted(signum, frame):
     raise Interrupted()
+
+
+class PrepareJob:
+    """The recipe's [data] prepare command as a submitit job ([data] launcher = "job"); its output
+    is the job's log. Preparing again from the start is safe, so a preempted job is simply
+    requeued by submitit."""
+
+    def __init__(self, command: Sequence[str]):
+        self.command = list(command)
+
+    def __call__(self) -> dict:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        if environment.cluster == "local":  # as RunJob: the submitter cancels with SIGTERM
+            signal.signal(signal.SIGTERM, _raise_interrupted)
+        started = time.time()
+        print(f"data: preparing in job {environment.job_id} on {environment.hostname}: {shlex.join(self.command)}",
+              flush=True)
+        code = subprocess.run(child_command(self.command), env=tool_env()).returncode
+        if code != 0:
+            raise RuntimeError(f"the prepare command exited with status {code}")
+        return {"status": "done", "started": started, "finished": time.time()}
 
 
 def _wait_for_record(run: RunPlan, job_id: str) -> None:
@@ -230,7 +402,7 @@ def _update_last_job(run: RunPlan, **fields) -> None:
 @dataclasses.dataclass
 class Tracked:
     """A run's job as the waiting pipeline follows it."""
-    run: RunPlan
+    run: Optional[RunPlan]  # None: the data-preparation job
     job: object            # a submitit Job
     submitted: float
     shown: str = ""        # the state last printed
@@ -253,19 +425,27 @@ class SubmititLauncher:
     total: int = dataclasses.field(default=0, init=False)
 
     def describe(self, count: int) -> str:
-        gpus = int(self.settings["gpus_per_run"])
+        gpus, nodes = int(self.settings["gpus_per_run"]), int(self.settings["nodes"])
         if self.kind == "submitit-local" and not self._local_gpus(advance=False).get("gpus_per_node"):
             gpus = 0
-        each = f"{gpus} GPU(s) each" if gpus else "no GPU"
+        each = f"{nodes} nodes x {gpus} GPU(s) each" if nodes > 1 else f"{gpus} GPU(s) each" if gpus else "no GPU"
         if self.kind == "slurm":
             where = f" on partition {self.settings['partition']}" if "partition" in self.settings else ""
             return f"one SLURM job each{where} ({each}), at most {min(count, self.in_flight)} at once"
         return f"one submitit-local job each ({each}), {min(count, self.in_flight)} at a time"
 
-    def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
+    def runs_as_jobs(self, recipe: Recipe, runs: Sequence[RunPlan]) -> List[RunPlan]:
+        """The runs as their jobs train them (multi-node runs: with their --distributed-port)."""
+        return distributed_runs(recipe, runs, self.settings)
+
+    def _check_cluster(self) -> None:
         if self.kind == "slurm" and shutil.which("srun") is None:
             raise UserError("--launcher slurm: no srun here: run it on a SLURM cluster's login node (--dry-run "
                             "prints the jobs' sbatch scripts anywhere)")
+
+    def __call__(self, recipe: Recipe, runs: Sequence[RunPlan], subsets: Sequence[str]) -> Dict[str, dict]:
+        self._check_cluster()
+        runs = self.runs_as_jobs(recipe, runs)
         self.counter = 0
         self.total = len(runs)
         results: Dict[str, dict] = {}
@@ -349,20 +529,22 @@ class SubmititLauncher:
         say(f"{run.name}: submitted as job {job.job_id}; log: {job.paths.stdout}")
         return Tracked(run, job, now, pickle_mtime=_mtime(job.paths.submitted_pickle))
 
-    def _executor(self, recipe: Recipe, run: RunPlan):
-        folder = job_folder(run)
+    def _executor(self, recipe: Recipe, run: Optional[RunPlan], folder: Optional[Path] = None):
+        """The executor of a run's job, or (run None) of the data-preparation job in `folder`."""
+        folder = job_folder(run) if run is not None else folder
         if self.kind == "slurm":
             from submitit import SlurmExecutor
 
             executor = SlurmExecutor(folder=folder)
-            executor.update_parameters(**sbatch_parameters(recipe, run, self.settings))
+            executor.update_parameters(**(sbatch_parameters(recipe, run, self.settings) if run is not None
+                                          else prepare_sbatch_parameters(recipe, self.settings)))
             return executor
         from submitit import LocalExecutor
 
         executor = LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=int(self.settings["time_min"]), signal_delay_s=SIGNAL_DELAY_S,
                                    stderr_to_stdout=True, setup=list(self.settings["setup"]),
-                                   **self._local_gpus())
+                                   **(self._local_gpus() if run is not None else {"gpus_per_node": 0}))
         return executor
 
     def _local_gpus(self, advance: bool = True) -> dict:
@@ -378,7 +560,7 @@ class SubmititLauncher:
         self._next_gpu = start + gpus if advance else start
         return {"gpus_per_node": gpus, "visible_gpus": chosen}
 
-    def _job(self, run: RunPlan, entry: dict):
+    def _job(self, run: Optional[RunPlan], entry: dict):
         folder = entry.get("folder") or job_folder(run)
         if self.kind == "slurm":
             from submitit.slurm.slurm import SlurmJob
@@ -412,27 +594,33 @@ class SubmititLauncher:
             return "ended" if time.time() - tracked.ended_at > RESULT_GRACE_S else "running"
         return "running" if _local_job_alive(job) else "ended"
 
-    def _outcome(self, tracked: Tracked) -> Optional[dict]:
-        """{"status", "started", "finished"} of an ended job (None: it is not over)."""
+    def _result(self, job) -> Optional[Tuple[str, object]]:
+        """How an ended job ended: ("success", its value), ("error", its traceback) or ("lost",
+        why there is no result); None while it is not over."""
         from submitit.core.utils import pickle_load
 
-        job, run = tracked.job, tracked.run
-        log = job.paths.stdout
         if job.paths.result_pickle.exists():
             try:
-                outcome, value = pickle_load(job.paths.result_pickle)
+                return pickle_load(job.paths.result_pickle)
             except (OSError, EOFError, ValueError) as error:
-                outcome, value = "error", f"unreadable result {job.paths.result_pickle}: {error}"
-            if outcome == "success" and isinstance(value, dict) and "status" in value:
-                return value
-            reason = _failure_reason(run, str(value))
-        elif self.kind == "slurm" and not self._alive(job):
-            reason = f"job ended without a result (SLURM state {job.state})"
-        elif self.kind != "slurm" and not _local_job_alive(job):
-            reason = "job ended without a result (killed or cancelled)"
-        else:
+                return "error", f"unreadable result {job.paths.result_pickle}: {error}"
+        if self.kind == "slurm" and not self._alive(job):
+            return "lost", f"job ended without a result (SLURM state {job.state})"
+        if self.kind != "slurm" and not _local_job_alive(job):
+            return "lost", "job ended without a result (killed or cancelled)"
+        return None
+
+    def _outcome(self, tracked: Tracked) -> Optional[dict]:
+        """{"status", "started", "finished"} of an ended job (None: it is not over)."""
+        job, run = tracked.job, tracked.run
+        ended = self._result(job)
+        if ended is None:
             return None
-        return {"status": f"failed: {reason} (job {job.job_id}; log: {log})", "started": tracked.submitted,
+        outcome, value = ended
+        if outcome == "success" and isinstance(value, dict) and "status" in value:
+            return value
+        reason = value if outcome == "lost" else _failure_reason(run, str(value))
+        return {"status": f"failed: {reason} (job {job.job_id}; log: {job.paths.stdout})", "started": tracked.submitted,
                 "finished": time.time()}
 
     def _poll(self, tracked: Dict[str, Tracked], results: Dict[str, dict]) -> None:
@@ -469,7 +657,75 @@ class SubmititLauncher:
         now = time.time()
         self._finish(run, {"status": f"failed: {refused}", "started": now, "finished": now}, results, None)
 
-    def _interrupted(self, tracked: Dict[str, Tracked]) -> None:
+    # -- the data-preparation job ([data] launcher = "job") -----------------------------------
+
+    def follow_prepare_job(self, out_dir) -> None:
+        """Attaches to the data-preparation job that OUT/prepare/job.json records without an end
+        (it may still be writing the data-bin) and waits for it as submit_prepare_job does;
+        returns at once when there is none."""
+        record = live_prepare_job(out_dir)
+        if record is None:
+            return
+        if record.get("launcher") != self.kind:
+            refuse_live_prepare_job(out_dir)
+        job = self._job(None, record)
+        if self._alive(job):
+            say(f"data: attached to preparation job {job.job_id} (submitted earlier)")
+        self._wait_for_prepare(Tracked(None, job, float(record.get("submitted", time.time()))), out_dir)
+
+    def submit_prepare_job(self, recipe: Recipe, command: Sequence[str], out_dir) -> None:
+        """Submits the recipe's prepare command as a job, records it in OUT/prepare/job.json and
+        waits for it (--no-wait: raises JobsSubmitted). A failed job raises RecipeError naming
+        its log; nothing else is submitted then."""
+        self._check_cluster()
+        folder = prepare_folder(out_dir)
+        executor = self._executor(recipe, None, folder)
+        with _detached():
+            job = executor.submit(PrepareJob(command))
+        now = time.time()
+        write_json_atomic(prepare_record_path(out_dir), {"launcher": self.kind, "id": str(job.job_id),
+                                                         "folder": str(folder), "submitted": now,
+                                                         "command": list(command)})
+        say(f"data: preparing as job {job.job_id}: {shlex.join(command)}; log: {job.paths.stdout}")
+        self._wait_for_prepare(Tracked(None, job, now), out_dir)
+
+    def _wait_for_prepare(self, tracked: Tracked, out_dir) -> None:
+        job = tracked.job
+        poll = self.poll_s or POLL_S[self.kind]
+        try:
+            while True:
+                if self.kind == "slurm":
+                    job.watcher.update()
+                state = self._state(tracked)
+                ended = self._result(job) if state == "ended" else None
+                if ended is not None:
+                    break
+                if not self.wait:
+                    raise JobsSubmitted(f"data preparation job {job.job_id} {state}; run the same command again to "
+                                        f"attach to it and submit the runs' jobs once the data is ready")
+                if state != tracked.shown:
+                    say(f"data: preparation job {job.job_id} {state}")
+                    tracked.shown = state
+                time.sleep(poll)
+        except KeyboardInterrupt:
+            self._interrupted({"prepare": tracked}, "the same command run again submits it again")
+            raise Interrupted() from None
+        outcome, value = ended
+        path = prepare_record_path(out_dir)
+        record = read_json_object(path, "data-preparation record")
+        if outcome == "success":
+            write_json_atomic(path, {**record, "outcome": "done"})
+            took = value["finished"] - value["started"] if isinstance(value, dict) and "started" in value \
+                else time.time() - tracked.submitted
+            say(f"data: preparation job {job.job_id} done in {duration(took)}")
+            return
+        reason = value if outcome == "lost" else _error_line(str(value))
+        write_json_atomic(path, {**record, "outcome": f"failed: {reason}"})
+        raise RecipeError(f"data preparation failed in job {job.job_id}: {reason}; log: {job.paths.stdout}")
+
+    def _interrupted(self, tracked: Dict[str, Tracked],
+                     after_cancel: str = "their runs resume from their checkpoint_last.pt when the same command "
+                                         "runs again") -> None:
         if not tracked:
             return
         ids = ", ".join(str(t.job.job_id) for t in tracked.values())
@@ -483,8 +739,7 @@ class SubmititLauncher:
         if cancel:
             for item in tracked.values():
                 self._cancel(item.job)
-            say(f"interrupted: cancelled job(s) {ids}; their runs resume from their checkpoint_last.pt when "
-                f"the same command runs again")
+            say(f"interrupted: cancelled job(s) {ids}; {after_cancel}")
         else:
             say(f"interrupted: job(s) {ids} left queued or running; run the same command again to attach to them "
                 f"(--cancel-on-interrupt cancels them instead)")
@@ -539,6 +794,33 @@ def _failure_reason(run: RunPlan, trace: str) -> str:
     return lines[-1].strip() if lines else "the job failed"
 
 
+def _error_line(trace: str) -> str:
+    """The last line of a traceback without the exception's name."""
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else "the job failed"
+    return re.sub(r"^(\w+\.)*\w+(Error|Exception): ", "", last)
+
+
+def live_prepare_job(out_dir) -> Optional[dict]:
+    """The data-preparation job recorded in OUT/prepare/job.json if it has no recorded end."""
+    path = prepare_record_path(out_dir)
+    if not path.exists():
+        return None
+    record = read_json_object(path, "data-preparation record")
+    return None if "outcome" in record else record
+
+
+def refuse_live_prepare_job(out_dir) -> None:
+    """Refuses to go on while a data-preparation job without a recorded end may still be writing
+    the data-bin, unless it is the caller's to attach to (SubmititLauncher.follow_prepare_job)."""
+    record = live_prepare_job(out_dir)
+    if record is not None:
+        launcher = record.get("launcher", "slurm")
+        raise UserError(f"{prepare_record_path(out_dir)}: {launcher} job {record.get('id', '?')} preparing the data "
+                        f"may still be running; run the same command with --launcher {launcher} and [data] launcher "
+                        f"= \"job\" to attach to it")
+
+
 def _mtime(path: Path) -> Optional[int]:
     try:
         return path.stat().st_mtime_ns
@@ -577,6 +859,7 @@ def make_launcher(args, recipe: Recipe, overrides: Dict[str, object]):
     if args.launcher == "pool":
         return recipe, LocalLauncher(args.jobs, args.progress, args.verbose)
     settings = job_settings(recipe, overrides)
+    check_job_settings(args.launcher, recipe, overrides, settings)
     in_flight = args.jobs if args.launcher == "submitit-local" else int(settings["array_parallelism"])
     cancel = True if args.cancel_on_interrupt else None
     return distributed_recipe(recipe, settings), SubmititLauncher(args.launcher, settings, in_flight,

@@ -14,6 +14,8 @@ present in the data-bin once it exists)::
     data_bin = "data/data-bin/multi30k.de-en"       # preparing is skipped when this exists
     train_target = "data/multi30k.de-en/train.en"    # long-tail frequencies (subworded text)
     subsets = ["test"]           # or "all": every test split of data_bin (test, test1, ...)
+    launcher = "here"            # "job": with --launcher slurm / submitit-local, prepare as a job
+                                 # of its own (no GPU), waited for before any run's job
 
     [train]
     args = ["--arch", "transformer", "--max-update", "1000", ...]   # fairseq-train flags
@@ -92,13 +94,17 @@ a pipe a plain line every minute (--progress SECONDS; 0: no status). With
 (in each run's train.log; --verbose shows them).
 
 --launcher slurm runs each run as a SLURM job through submitit, as the [slurm] table says (keys:
-partition, account, qos, constraint, gpus_per_run, cpus_per_gpu, mem_gb, time_min,
-array_parallelism, setup; the --slurm-* flags override them): the pipeline submits, prints a line
-whenever a job's state changes, waits and writes the report; --no-wait submits and exits, and the
-same command run again attaches to the jobs recorded in each run's run.json. gpus_per_run > 1
-trains with fairseq's --distributed-world-size on the job's GPUs. --launcher submitit-local runs
-the same jobs on this machine, --jobs at a time. --launcher slurm --dry-run prints each job's
-sbatch script. See the README, "On a SLURM cluster".
+partition, account, qos, constraint, nodes, gpus_per_run, cpus_per_gpu, mem_gb, time_min,
+array_parallelism, distributed_port, setup; the --slurm-* flags override them): the pipeline
+submits, prints a line whenever a job's state changes, waits and writes the report; --no-wait
+submits and exits, and the same command run again attaches to the jobs recorded in each run's
+run.json. gpus_per_run is the GPUs on each node of a run's job: more than one GPU in all trains
+with fairseq's --distributed-world-size (nodes x gpus_per_run); nodes > 1 trains over that many
+nodes with fairseq's SLURM initialisation (--distributed-port; the first node keeps the records
+and evaluates). [data] launcher = "job" prepares the data as a job of its own (OUT/prepare/) and
+waits for it before submitting any run (with --launcher pool it prepares here). --launcher
+submitit-local runs the same jobs on this machine, --jobs at a time (one node each).
+--launcher slurm --dry-run prints each job's sbatch script. See the README, "On a SLURM cluster".
 """
 import argparse
 import json
@@ -111,8 +117,8 @@ from typing import Optional, Sequence
 from labo_fairseq.errors import EXIT_FAILED, run_command
 from labo_fairseq.experiment.children import tool_env
 from labo_fairseq.experiment.console import say
-from labo_fairseq.experiment.launchers import (JobsSubmitted, add_launcher_arguments, describe_jobs,
-                                               flag_overrides, make_launcher)
+from labo_fairseq.experiment.launchers import (JobsSubmitted, SubmititLauncher, add_launcher_arguments, describe_jobs,
+                                               flag_overrides, make_launcher, refuse_live_prepare_job)
 from labo_fairseq.experiment.lock import OutputLock
 from labo_fairseq.experiment.plan import describe_plan
 from labo_fairseq.experiment.recipe import Recipe, RecipeError, checkpoint_description, load_recipe, resolve_subsets, \
@@ -121,6 +127,30 @@ from labo_fairseq.experiment.runner import Launcher, LocalLauncher
 from labo_fairseq.experiment.runs import plan_runs, select_runs
 from labo_fairseq.procs import child_command
 from labo_fairseq.textfiles import write_text_atomic
+
+
+def prepare_data_as_job(recipe: Recipe, launcher: Optional[Launcher], out_dir) -> None:
+    """[data] launcher = "job" with a submitit launcher: prepares the data-bin, unless it holds
+    data already, as a job of its own and waits for it, before anything else is submitted (then
+    prepare_data finds it). First, a preparation job recorded under `out_dir` without an end (it
+    may be writing the data-bin) is attached to, or refused when this launcher cannot follow it.
+    With another launcher, "job" only earns a note when preparing is needed: prepare_data runs here."""
+    as_job = recipe.data_launcher == "job" and isinstance(launcher, SubmititLauncher)
+    if as_job:
+        launcher.follow_prepare_job(out_dir)
+    else:
+        refuse_live_prepare_job(out_dir)
+    if any(recipe.data_bin.glob("dict.*.txt")) or recipe.prepare is None:
+        return
+    if not as_job:
+        if recipe.data_launcher == "job":
+            say('data: [data] launcher = "job" applies to --launcher slurm and submitit-local; preparing here')
+        return
+    command = [substitute(a, recipe.variables, str(recipe.path)) for a in recipe.prepare]
+    launcher.submit_prepare_job(recipe, command, out_dir)
+    if not any(recipe.data_bin.glob("dict.*.txt")):
+        raise RecipeError(f"data preparation ended but {recipe.data_bin} holds no fairseq data (dict.*.txt): "
+                          f"check [data] data_bin against what `{shlex.join(command)}` writes")
 
 
 def prepare_data(recipe: Recipe) -> None:
@@ -149,6 +179,7 @@ def run_experiment(recipe: Recipe, out_dir, only: Optional[Sequence[str]] = None
     launcher = launcher or LocalLauncher(jobs, progress_interval)
     lock = OutputLock(out_dir)
     try:
+        prepare_data_as_job(recipe, launcher, out_dir)
         prepare_data(recipe)
         subsets = resolve_subsets(recipe)
         say(f"{len(runs)} run(s), {launcher.describe(len(runs))}; test sets: {', '.join(subsets)}; "
@@ -224,9 +255,11 @@ def main(argv=None, prog: str = "labo-experiment") -> int:
         recipe, launcher = make_launcher(args, recipe, overrides)
         if args.dry_run:
             runs = select_runs(plan_runs(recipe, out_dir), args.only, str(recipe.path))
+            if isinstance(launcher, SubmititLauncher):
+                runs = launcher.runs_as_jobs(recipe, runs)
             print(describe_plan(recipe, runs, out_dir))
             if args.launcher == "slurm":
-                print("\n" + describe_jobs(recipe, runs, launcher.settings))
+                print("\n" + describe_jobs(recipe, runs, launcher.settings, out_dir))
             return 0
         try:
             summary = run_experiment(recipe, out_dir, args.only, args.jobs, args.progress, launcher)

@@ -24,7 +24,8 @@ CHECKPOINT_POLICIES = ("last", "average", "best")
 BEST_BY_NLL = ["--best-checkpoint-metric", "nll_loss"]
 
 RECIPE_KEYS = {"name", "seeds", "data", "train", "evaluate", "methods", "slurm"}
-DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets"}
+DATA_KEYS = {"prepare", "data_bin", "train_target", "subsets", "launcher"}
+DATA_LAUNCHERS = ("here", "job")  # [data] launcher: where the prepare command runs (experiment.launchers)
 TRAIN_KEYS = {"args", "average_last", "save_interval_updates", "tensorboard"}
 DEFAULT_SAVE_INTERVAL_UPDATES = 250
 EVALUATE_KEYS = {"beam", "lenpen", "batch_size", "cpu", "longtail_level", "checkpoint", "average_last"}
@@ -64,6 +65,7 @@ class Recipe:
     methods: List[Method]
     slurm: Dict[str, object] = field(default_factory=dict)  # the [slurm] keys given (checked: slurm_settings)
     tensorboard: bool = False    # [train] tensorboard: each run logs to <run>/tb/ (--tensorboard-logdir)
+    data_launcher: str = "here"  # [data] launcher: "job" prepares the data as a job of --launcher slurm/submitit-local
 
 
 _fmt = format_hyperparameter  # names and labels show τ and α as the report does
@@ -368,6 +370,9 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
     prepare = data.get("prepare")
     if prepare is not None:
         prepare = _string_list(prepare, f"{path}: [data] prepare")
+    data_launcher = data.get("launcher", "here")
+    if data_launcher not in DATA_LAUNCHERS:
+        raise RecipeError(f"{path}: [data] launcher must be \"here\" or \"job\", got {data_launcher!r}")
     settings, checkpoint, average_last = _evaluate_settings(evaluate, train, path)
     train_args = [sub(a) for a in _string_list(train.get("args", []), f"{path}: [train] args")]
     if checkpoint == "best" and "--best-checkpoint-metric" not in train_args:
@@ -384,7 +389,8 @@ def load_recipe(path, data_dir: Optional[str] = None) -> Recipe:
                   data_bin=Path(sub(data["data_bin"])), train_target=Path(sub(data["train_target"])),
                   subsets=subsets, train_args=train_args, checkpoint=checkpoint, average_last=average_last,
                   evaluate=settings, methods=expand_methods(raw.get("methods", []), str(path)),
-                  slurm=slurm_settings(raw.get("slurm", {}), path), tensorboard=tensorboard)
+                  slurm=slurm_settings(raw.get("slurm", {}), path), tensorboard=tensorboard,
+                  data_launcher=data_launcher)
 
 
 def split_name(path: Path) -> str:
@@ -421,12 +427,15 @@ SLURM_RULES = {
     "account": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
     "qos": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
     "constraint": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
+    "nodes": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "gpus_per_run": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "cpus_per_gpu": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "mem_gb": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                and math.isfinite(v) and v > 0),
     "time_min": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "array_parallelism": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "distributed_port": ("an integer in [1024, 65535]", lambda v: isinstance(v, int) and not isinstance(v, bool)
+                         and 1024 <= v <= 65535),
     "setup": ("a list of shell lines (strings)", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
 }
 
