@@ -187,6 +187,11 @@ def prepare_record_path(out_dir) -> Path:
     return Path(out_dir) / PREPARE_DIR / PREPARE_RECORD
 
 
+def _cpus_per_task(settings: Dict[str, object]) -> int:
+    """The CPUs of a job's task: cpus_per_gpu for each GPU of its node (or for one, without GPUs)."""
+    return int(settings["cpus_per_gpu"]) * max(1, int(settings["gpus_per_run"]))
+
+
 def _cluster_parameters(settings: Dict[str, object]) -> Dict[str, object]:
     """The sbatch parameters that every job of the pipeline shares."""
     from submitit.slurm.slurm import _convert_mem
@@ -206,7 +211,7 @@ def sbatch_parameters(recipe: Recipe, run: RunPlan, settings: Dict[str, object])
     task and gpus_per_run GPUs on each."""
     gpus = int(settings["gpus_per_run"])
     params = {"job_name": f"{recipe.name}/{run.name}", "nodes": int(settings["nodes"]), "ntasks_per_node": 1,
-              "cpus_per_task": int(settings["cpus_per_gpu"]) * max(1, gpus), **_cluster_parameters(settings)}
+              "cpus_per_task": _cpus_per_task(settings), **_cluster_parameters(settings)}
     if gpus:
         params["gpus_per_node"] = gpus
     return params
@@ -214,7 +219,7 @@ def sbatch_parameters(recipe: Recipe, run: RunPlan, settings: Dict[str, object])
 
 def prepare_sbatch_parameters(recipe: Recipe, settings: Dict[str, object]) -> Dict[str, object]:
     """The data-preparation job's: one node, the CPUs of a run's job and no GPU."""
-    cpus = int(settings["cpus_per_gpu"]) * max(1, int(settings["gpus_per_run"]))
+    cpus = _cpus_per_task(settings)
     return {"job_name": f"{recipe.name}/prepare", "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": cpus,
             **_cluster_parameters(settings)}
 
@@ -788,17 +793,18 @@ def _failure_reason(run: RunPlan, trace: str) -> str:
         reason = (run.run_dir / FAILED_FILE).read_text(encoding="utf-8").strip()
     except OSError:
         reason = ""
-    if reason:
-        return reason
+    return reason or _last_line(trace)
+
+
+def _last_line(trace: str) -> str:
+    """The last line of a job's traceback (its exception)."""
     lines = [line for line in trace.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "the job failed"
 
 
 def _error_line(trace: str) -> str:
     """The last line of a traceback without the exception's name."""
-    lines = [line for line in trace.strip().splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else "the job failed"
-    return re.sub(r"^(\w+\.)*\w+(Error|Exception): ", "", last)
+    return re.sub(r"^(\w+\.)*\w+(Error|Exception): ", "", _last_line(trace))
 
 
 def live_prepare_job(out_dir) -> Optional[dict]:

@@ -82,6 +82,7 @@ class _LogPosition:
     """How far ProgressReporter has read a training run's train.log, and what it found there."""
     since: tuple
     offset: int
+    target: Optional[int]       # the run's --max-update
     first: int = 0              # the update training started from (a loaded checkpoint's)
     update: Optional[int] = None
     partial: bytes = b""        # an incomplete last line, kept for the next read
@@ -102,6 +103,8 @@ class ProgressReporter:
         self.started = self.finished = 0
         self.started_names: set = set()
         self._logs: Dict[str, _LogPosition] = {}
+        # the --max-update assumed for the runs still to start: the first run's
+        self._target = max_update(train_command(recipe, self.runs[0])) if self.runs else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -130,7 +133,8 @@ class ProgressReporter:
         """Reads what train.log gained since the last call (a resumed log is read from `since`)."""
         position = self._logs.get(run.name)
         if position is None or position.since != since:
-            position = self._logs[run.name] = _LogPosition(since, since[1])
+            target = max_update(train_command(self.recipe, run))
+            position = self._logs[run.name] = _LogPosition(since, since[1], target)
         try:
             with open(run.run_dir / TRAIN_LOG, "rb") as log:
                 log.seek(position.offset)
@@ -151,8 +155,8 @@ class ProgressReporter:
     def _run_state(self, run: RunPlan, since: tuple, now: float):
         """(text, updates left or None, updates per second or None) of a training run."""
         started = since[0]
-        target = max_update(train_command(self.recipe, run))
         position = self._read_log(run, since)
+        target = position.target
         first = position.first
         update = position.update if position.update is not None else first
         rate = (update - first) / (now - started) if update > first and now > started else None
@@ -167,7 +171,7 @@ class ProgressReporter:
         parts.append(f"{duration(now - self.started_at)} elapsed")
         rates = [rate for _, _, rate in states if rate]
         lefts = [left for _, left, _ in states]
-        target = max_update(train_command(self.recipe, self.runs[0])) if self.runs else None
+        target = self._target
         # runs still to start that will train (not those already trained)
         waiting = sum(1 for r in self.runs if r.name not in self.started_names and not (r.run_dir / TRAIN_DONE).exists())
         if states and rates and len(rates) == len(states) and None not in lefts and (target or not waiting):
