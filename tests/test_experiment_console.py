@@ -116,7 +116,8 @@ def test_progress_reads_only_what_train_log_gained_and_only_whole_lines(tmp_path
     source = OneRunTraining(runs[0], (time.time() - 10, log.stat().st_size))
     reporter = ProgressReporter(recipe, runs, source, 0, Console(io.StringIO()))
     reporter.started_names.add(runs[0].name)  # no run left to start
-    assert "update 0/40" in reporter.status()  # nothing new since the start
+    # nothing new since the start: the last update the log names, no rate yet
+    assert re.search(r"update 30/40; \d+s elapsed$", reporter.status())
     with open(log, "a") as f:
         f.write("Loaded checkpoint c/checkpoint_last.pt (epoch 1 @ 20 updates)\nnum_updates=25\nnum_upd")
     assert "update 25/40" in reporter.status()
@@ -125,6 +126,23 @@ def test_progress_reads_only_what_train_log_gained_and_only_whole_lines(tmp_path
     status = reporter.status()
     # 7 updates since the checkpoint at 20 in 10 s: 13 left take about 19 s
     assert re.search(r"update 27/40; \d+s elapsed; training left about 1[89]s", status), status
+
+
+def test_progress_of_a_job_attached_to_counts_from_where_it_stood_and_follows_a_rewritten_log(tmp_path):
+    recipe, runs = toy_runs(tmp_path)
+    log = runs[0].run_dir / "train.log"
+    # a job already training when the launcher first saw it running: its rate counts from update 30
+    log.write_text("Loaded checkpoint c/checkpoint_last.pt (epoch 1 @ 10 updates)\nnum_updates=30\n")
+    source = OneRunTraining(runs[0], (time.time() - 10, log.stat().st_size))
+    reporter = ProgressReporter(recipe, runs, source, 0, Console(io.StringIO()))
+    reporter.started_names.add(runs[0].name)
+    with open(log, "a") as f:
+        f.write("num_updates=35\n")
+    # 5 updates in 10 s: 5 left take about 10 s
+    assert re.search(r"update 35/40; \d+s elapsed; training left about (9|10|11)s", reporter.status())
+    # the run trained again from scratch (train.log rewritten, shorter than what was read)
+    log.write_text("num_updates=2\n")
+    assert re.search(r"update 2/40; ", reporter.status())
 
 
 def shown(text, log_name="train.log"):

@@ -228,17 +228,21 @@ def test_ctrl_c_with_cancel_on_interrupt_cancels_the_jobs(toy_data_bin, tmp_path
     out = tmp_path / "exp"
     run_dir = out / "ls-a0.1-seed1"
     log = tmp_path / "pipeline.log"
-    proc = start(recipe, out, "--launcher", "submitit-local", "--cancel-on-interrupt", log=log)
+    proc = start(recipe, out, "--launcher", "submitit-local", "--cancel-on-interrupt", "--progress", "1", log=log)
+    # while it waits, the pool's status line (a plain line every second here: not a terminal),
+    # from the running job's train.log
+    status = re.compile(r"progress: 1/1 run\(s\) started, 0 finished; ls-a0\.1-seed1 update [1-9]\d*/100000; ")
     try:
-        assert wait_for(lambda: "num_updates" in (run_dir / "train.log").read_text()
-                        if (run_dir / "train.log").exists() else False, 180, proc), log.read_text()
+        assert wait_for(lambda: status.search(log.read_text()), 180, proc), log.read_text()
         job = jobs_of(run_dir)[0]["id"]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert f"interrupted: cancelled job(s) {job}" in log.read_text()
+    text = log.read_text()
+    assert f"interrupted: cancelled job(s) {job}" in text
+    assert "progress:" not in text.split("interrupted:", 1)[1]
     assert not pid_running(int(job))
     assert wait_for(lambda: not processes_mentioning(str(run_dir / "checkpoints")), 30)
     assert not (run_dir / "train.done").exists()

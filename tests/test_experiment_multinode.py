@@ -111,7 +111,8 @@ def test_multinode_dry_run_asks_for_nodes_and_trains_over_them(toy_data_bin, tmp
     commands = [line for line in proc.stdout.splitlines() if "fairseq-train" in line]
     assert len(commands) == 2
     for command, port in zip(commands, ports):
-        assert "--distributed-world-size 8" in command and f"--distributed-port {port} " in command
+        # the port is the job's flag: last, after the run's own flags
+        assert "--distributed-world-size 8" in command and command.endswith(f" --distributed-port {port}")
     # the port is the run's: the same from another working directory (it hashes the absolute path)
     again = experiment(recipe, out.resolve(), "--launcher", "slurm", "--dry-run", check=True)
     assert [line for line in again.stdout.splitlines() if "fairseq-train" in line] == commands
@@ -121,7 +122,7 @@ def test_multinode_dry_run_asks_for_nodes_and_trains_over_them(toy_data_bin, tmp
                       "--slurm-nodes", "3", "--slurm-gpus-per-run", "2", check=True)
     assert "#SBATCH --nodes=3" in proc.stdout and "#SBATCH --gpus-per-node=2" in proc.stdout
     commands = [line for line in proc.stdout.splitlines() if "fairseq-train" in line]
-    assert all("--distributed-world-size 6" in c and "--distributed-port 29123 " in c for c in commands)
+    assert all("--distributed-world-size 6" in c and c.endswith(" --distributed-port 29123") for c in commands)
     proc = experiment(recipe, out, "--launcher", "slurm", "--dry-run", "--slurm-nodes", "1", check=True)
     assert "#SBATCH --nodes=1" in proc.stdout and "--distributed-port" not in proc.stdout
     assert "--distributed-world-size 4" in proc.stdout

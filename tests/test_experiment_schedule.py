@@ -44,10 +44,14 @@ def test_save_interval_updates_adds_fairseq_flags_unless_the_args_set_them(tmp_p
         recipe_with_train(tmp_path, "save_interval_updates = -5")
 
 
-def test_schedule_and_save_flags_are_compared_apart_from_the_rest():
+def test_schedule_save_and_job_flags_are_compared_apart_from_the_rest():
     old = ["fairseq-train", "d", "--lr", "1", "--max-update", "30"]
     assert compare_commands(old, old + ["--save-interval-updates", "20", "--keep-interval-updates", "1"]) == (
         None, None, None)
+    # a multi-node job's rendezvous port may change between its jobs; the world size may not
+    assert compare_commands(old + ["--distributed-port", "20001"], old + ["--distributed-port", "29500"]) == (
+        None, None, None)
+    assert compare_commands(old, old + ["--distributed-world-size", "2"])[0] == "--distributed-world-size added (2)"
     assert compare_commands(old, ["fairseq-train", "d", "--lr", "1", "--max-update", "40"]) == (
         None, "--max-update 30 -> 40", None)
     assert compare_commands(old, ["fairseq-train", "d", "--lr", "2", "--max-update", "20"]) == (

@@ -9,6 +9,8 @@ SCHEDULE_FLAGS = ("--max-update", "--max-epoch")
 SAVE_FLAGS = ("--save-interval-updates", "--keep-interval-updates")
 # flags that only add logging: a run may resume with or without them
 LOGGING_FLAGS = ("--tensorboard-logdir",)
+# flags of the job, not of the model: where a multi-node job's workers meet
+JOB_FLAGS = ("--distributed-port",)
 
 
 def _flag_values(command: Sequence[str]) -> Dict[str, List[str]]:
@@ -64,8 +66,8 @@ def compare_commands(recorded: Sequence[str], new: Sequence[str]):
     """(change, extended, shortened) between a run's recorded training command and the recipe's:
     `change` describes the differences other than the schedule and save flags (None: none);
     `extended` / `shortened` describe schedule flags that now let training last longer / stop
-    sooner (None: none). Save and logging flags may differ freely."""
-    ignored = SCHEDULE_FLAGS + SAVE_FLAGS + LOGGING_FLAGS
+    sooner (None: none). Save, logging and job flags may differ freely."""
+    ignored = SCHEDULE_FLAGS + SAVE_FLAGS + LOGGING_FLAGS + JOB_FLAGS
     kept_old, kept_new = without_flags(recorded, ignored), without_flags(new, ignored)
     change = describe_command_change(kept_old, kept_new) if kept_old != kept_new else None
     longer, shorter = [], []

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.errors import UserError
-from labo_fairseq.evaluation.runs import FAILED_FILE, RUN_FILE, TRAIN_DONE
+from labo_fairseq.evaluation.runs import FAILED_FILE, RUN_FILE, TRAIN_DONE, TRAIN_LOG
 from labo_fairseq.experiment.children import ChildProcesses, Interrupted, tool_env
 from labo_fairseq.experiment.console import duration, say
-from labo_fairseq.experiment.progress import finished_line, resume_note
+from labo_fairseq.experiment.progress import ProgressReporter, finished_line, resume_note
 from labo_fairseq.experiment.recipe import SLURM_RULES, Recipe, RecipeError, slurm_setting_error
 from labo_fairseq.experiment.records import (JOBS_KEY, RunRefused, check_run_dir, clear_failure, data_fingerprint,
                                              evaluation_change, prepare_run_dir, record_failure, recorded_jobs)
@@ -138,24 +138,17 @@ def check_job_settings(kind: str, recipe: Recipe, overrides: Dict[str, object], 
 def distributed_recipe(recipe: Recipe, settings: Dict[str, object]) -> Recipe:
     """The recipe as the jobs train it: with several GPUs, fairseq's own distributed training on
     them (--distributed-world-size nodes x gpus_per_run; fairseq spawns one worker per GPU of
-    each node). Over several nodes every rank also reads checkpoint_last.pt itself when resuming
-    (--load-checkpoint-on-all-dp-ranks): fairseq's default, rank 0 loading and broadcasting the
-    loaded state, unpickles it with torch's weights-only default, which refuses the omegaconf
-    config in it (`Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig`)."""
-    nodes = int(settings["nodes"])
-    world = nodes * int(settings["gpus_per_run"])
-    args = list(recipe.train_args)
-    if world > 1 and "--distributed-world-size" not in args:
-        args += ["--distributed-world-size", str(world)]
-    if nodes > 1 and "--load-checkpoint-on-all-dp-ranks" not in args:
-        args.append("--load-checkpoint-on-all-dp-ranks")
-    return recipe if args == recipe.train_args else dataclasses.replace(recipe, train_args=args)
+    each node)."""
+    world = int(settings["nodes"]) * int(settings["gpus_per_run"])
+    if world <= 1 or "--distributed-world-size" in recipe.train_args:
+        return recipe
+    return dataclasses.replace(recipe, train_args=[*recipe.train_args, "--distributed-world-size", str(world)])
 
 
 def distributed_port(run: RunPlan, settings: Dict[str, object]) -> int:
     """A multi-node run's --distributed-port: [slurm] distributed_port, else one derived from the
-    run's directory, so that it stays the same for every job of the run (it is part of the
-    recorded training command) and differs between runs that may share a first node."""
+    run's directory, so that it stays the same for every job of the run and differs between runs
+    that may share a first node."""
     if "distributed_port" in settings:
         return int(settings["distributed_port"])
     digest = hashlib.sha256(str(run.run_dir.resolve()).encode("utf-8")).digest()
@@ -164,12 +157,12 @@ def distributed_port(run: RunPlan, settings: Dict[str, object]) -> int:
 
 def distributed_runs(recipe: Recipe, runs: Sequence[RunPlan], settings: Dict[str, object]) -> List[RunPlan]:
     """The runs as the jobs train them: over several nodes each adds its --distributed-port, which
-    turns on fairseq's SLURM initialisation (rank 0 listens on it on the first node). The port is
-    the run's own, so it joins the flags of the run's method; the recipe's args may set one."""
+    turns on fairseq's SLURM initialisation (rank 0 listens on it on the first node). The port
+    is a flag of the run's job (RunPlan.job_args); the recipe's args may set one."""
     if int(settings["nodes"]) <= 1 or "--distributed-port" in recipe.train_args:
         return list(runs)
-    return [dataclasses.replace(run, method=dataclasses.replace(run.method, criterion_args=[
-        *run.method.criterion_args, "--distributed-port", str(distributed_port(run, settings))])) for run in runs]
+    return [dataclasses.replace(run, job_args=("--distributed-port", str(distributed_port(run, settings))))
+            for run in runs]
 
 
 def job_folder(run: RunPlan) -> Path:
@@ -415,19 +408,50 @@ class Tracked:
     ended_at: Optional[float] = None  # when SLURM said the job ended (its result file may lag)
 
 
+class RunningJobs:
+    """The runs whose job the submitit launcher last saw running, for ProgressReporter (its
+    TrainingSource): since when, and how long the run's train.log was then."""
+
+    def __init__(self):
+        self.stopping = threading.Event()  # set at Ctrl-C: no status while the launcher asks what to do
+        self._lock = threading.Lock()
+        self._since: Dict[str, Tuple[RunPlan, tuple]] = {}
+
+    def seen(self, run: RunPlan, running: bool) -> bool:
+        """Records the job's state; True when the run starts running now."""
+        with self._lock:
+            if not running:
+                self._since.pop(run.name, None)
+                return False
+            if run.name in self._since:
+                return False
+            log = run.run_dir / TRAIN_LOG
+            self._since[run.name] = (run, (time.time(), log.stat().st_size if log.exists() else 0))
+            return True
+
+    def training_since(self) -> List[tuple]:
+        with self._lock:
+            return list(self._since.values())
+
+
 @dataclasses.dataclass
 class SubmititLauncher:
     """Runs each run as a submitit job (`kind` "slurm" or "submitit-local"), at most `in_flight`
     at once, and waits for them (unless `wait` is False); `cancel_on_interrupt` None asks at Ctrl-C
-    when interactive, else leaves the jobs running."""
+    when interactive, else leaves the jobs running. While it waits, the status line of the pool
+    (ProgressReporter) every `progress_interval` seconds (0: none), from the running jobs'
+    train.log."""
     kind: str
     settings: Dict[str, object]
     in_flight: int
     wait: bool = True
     cancel_on_interrupt: Optional[bool] = None
     poll_s: Optional[float] = None
+    progress_interval: float = 0.0
     counter: int = dataclasses.field(default=0, init=False)  # runs reported ended so far
     total: int = dataclasses.field(default=0, init=False)
+    running: RunningJobs = dataclasses.field(default_factory=RunningJobs, init=False)
+    reporter: Optional[ProgressReporter] = dataclasses.field(default=None, init=False)
 
     def describe(self, count: int) -> str:
         gpus, nodes = int(self.settings["gpus_per_run"]), int(self.settings["nodes"])
@@ -460,19 +484,26 @@ class SubmititLauncher:
         for run in runs:
             self._sort(recipe, run, subsets, data, results, tracked, waiting)
         poll = self.poll_s or POLL_S[self.kind]
+        self.running = RunningJobs()
+        self.reporter = ProgressReporter(recipe, runs, self.running, self.progress_interval if self.wait else 0)
+        for name in results:  # finished earlier or refused: started and finished, as the pool counts them
+            self._count_started(name)
+        self.reporter.finished = len(results)
         try:
-            while waiting or tracked:
-                while waiting and len(tracked) < self.in_flight:
-                    run = waiting.pop(0)
-                    item = self._submit(recipe, run, subsets, data, results)
-                    if item is not None:
-                        tracked[run.name] = item
-                if not self.wait:
-                    break
-                self._poll(tracked, results)
-                if waiting or tracked:
-                    time.sleep(poll)
+            with self.reporter:
+                while waiting or tracked:
+                    while waiting and len(tracked) < self.in_flight:
+                        run = waiting.pop(0)
+                        item = self._submit(recipe, run, subsets, data, results)
+                        if item is not None:
+                            tracked[run.name] = item
+                    if not self.wait:
+                        break
+                    self._poll(tracked, results)
+                    if waiting or tracked:
+                        time.sleep(poll)
         except KeyboardInterrupt:
+            self.running.stopping.set()
             self._interrupted(tracked)
             raise Interrupted() from None
         if not self.wait:
@@ -637,7 +668,10 @@ class SubmititLauncher:
                 item.pickle_mtime = mtime  # checkpoint() wrote the call again: preempted or timed out
                 say(f"{name}: requeued (job {item.job.job_id}): {resume_note(item.run).split(': ', 1)[1]}")
                 item.shown = "requeued"
+                self.running.seen(item.run, False)
             state = self._state(item)
+            if self.running.seen(item.run, state == "running" and item.shown != "requeued"):
+                self._count_started(name)
             if state != "ended":
                 if state != item.shown:
                     say(f"{name}: {state} (job {item.job.job_id})")
@@ -653,10 +687,18 @@ class SubmititLauncher:
     def _finish(self, run: RunPlan, outcome: dict, results: Dict[str, dict], job_id) -> None:
         results[run.name] = outcome
         self.counter += 1
+        if self.reporter is not None:
+            self._count_started(run.name)
+            self.reporter.finished += 1
         took = duration(outcome["finished"] - outcome["started"])
         # a failure's status already names its job and log
         job = "" if job_id is None or outcome["status"].startswith("failed") else f" (job {job_id})"
         say(f"[{self.counter}/{self.total}] {run.name} {finished_line(run, outcome['status'], took, job)}")
+
+    def _count_started(self, name: str) -> None:
+        if name not in self.reporter.started_names:
+            self.reporter.started += 1
+            self.reporter.started_names.add(name)
 
     def _refuse(self, run: RunPlan, refused: RunRefused, results: Dict[str, dict]) -> None:
         now = time.time()
@@ -869,4 +911,5 @@ def make_launcher(args, recipe: Recipe, overrides: Dict[str, object]):
     in_flight = args.jobs if args.launcher == "submitit-local" else int(settings["array_parallelism"])
     cancel = True if args.cancel_on_interrupt else None
     return distributed_recipe(recipe, settings), SubmititLauncher(args.launcher, settings, in_flight,
-                                                                  wait=not args.no_wait, cancel_on_interrupt=cancel)
+                                                                  wait=not args.no_wait, cancel_on_interrupt=cancel,
+                                                                  progress_interval=args.progress)

@@ -96,9 +96,9 @@ a pipe a plain line every minute (--progress SECONDS; 0: no status). With
 --launcher slurm runs each run as a SLURM job through submitit, as the [slurm] table says (keys:
 partition, account, qos, constraint, nodes, gpus_per_run, cpus_per_gpu, mem_gb, time_min,
 array_parallelism, distributed_port, setup; the --slurm-* flags override them): the pipeline
-submits, prints a line whenever a job's state changes, waits and writes the report; --no-wait
-submits and exits, and the same command run again attaches to the jobs recorded in each run's
-run.json. gpus_per_run is the GPUs on each node of a run's job: more than one GPU in all trains
+submits, prints a line whenever a job's state changes (and the status line), waits and writes
+the report; --no-wait submits and exits, and the same command run again attaches to the jobs
+recorded in each run's run.json. gpus_per_run is the GPUs on each node of a run's job: more than one GPU in all trains
 with fairseq's --distributed-world-size (nodes x gpus_per_run); nodes > 1 trains over that many
 nodes with fairseq's SLURM initialisation (--distributed-port; the first node keeps the records
 and evaluates). [data] launcher = "job" prepares the data as a job of its own (OUT/prepare/) and

@@ -1,5 +1,6 @@
 """What the pipeline tells while it runs: each run's last validation loss, where an interrupted
 run resumes, and its status while runs train (ProgressReporter)."""
+import os
 import re
 import threading
 import time
@@ -69,8 +70,9 @@ LIVE_REFRESH_S = 1.0  # how often the status line on a terminal is rewritten
 
 
 class TrainingSource(Protocol):
-    """Where ProgressReporter learns which runs train now: ChildProcesses for the local pool, the
-    submitit launcher's view of its running jobs for the others."""
+    """Where ProgressReporter learns which runs train now: ChildProcesses for the local pool,
+    launchers.RunningJobs (the jobs last seen running) for the submitit launchers. While
+    `stopping` is set the status is not shown."""
     stopping: threading.Event
 
     def training_since(self) -> List[tuple]:
@@ -86,6 +88,22 @@ class _LogPosition:
     first: int = 0              # the update training started from (a loaded checkpoint's)
     update: Optional[int] = None
     partial: bytes = b""        # an incomplete last line, kept for the next read
+
+
+def _last_update_before(log_path: Path, offset: int, window: int = 65536) -> int:
+    """The last update train.log names before byte `offset` (0: none): where a run that was
+    already training when the reporter first saw it stood then (a submitit job attached to), so
+    that its rate counts only the updates made since."""
+    if offset <= 0:
+        return 0
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, offset - window))
+            text = log.read(min(offset, window)).decode("utf-8", errors="replace")
+    except OSError:
+        return 0
+    seen = _UPDATES.findall(text)
+    return int(seen[-1]) if seen else 0
 
 
 class ProgressReporter:
@@ -134,9 +152,12 @@ class ProgressReporter:
         position = self._logs.get(run.name)
         if position is None or position.since != since:
             target = max_update(train_command(self.recipe, run))
-            position = self._logs[run.name] = _LogPosition(since, since[1], target)
+            position = self._logs[run.name] = _LogPosition(since, since[1], target,
+                                                           _last_update_before(run.run_dir / TRAIN_LOG, since[1]))
         try:
             with open(run.run_dir / TRAIN_LOG, "rb") as log:
+                if os.fstat(log.fileno()).st_size < position.offset:  # rewritten: a run trained from scratch
+                    position.offset, position.partial, position.first = 0, b"", 0
                 log.seek(position.offset)
                 data = log.read()
         except OSError:

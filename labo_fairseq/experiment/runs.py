@@ -2,7 +2,7 @@
 labo_fairseq.evaluation.runs, and the training command and evaluated checkpoint of each."""
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from labo_fairseq.evaluation.runs import (BEST_CHECKPOINT, CHECKPOINT_DIR, LAST_CHECKPOINT, TENSORBOARD_DIR,
                                           averaged_checkpoint)
@@ -16,6 +16,9 @@ class RunPlan:
     method: Method
     seed: int
     run_dir: Path
+    # flags of the job that trains the run, not of its model (commands.JOB_FLAGS): appended to
+    # its training command and free to differ between the jobs of one run
+    job_args: Tuple[str, ...] = ()
 
     @property
     def checkpoints(self) -> Path:
@@ -46,7 +49,8 @@ def train_command(recipe: Recipe, run: RunPlan) -> List[str]:
         common = without_optimizer_flags(common, PRECISION_FLAGS)
     logging = ["--tensorboard-logdir", str(run.run_dir / TENSORBOARD_DIR)] if recipe.tensorboard else []
     return [str(PYTHON_BIN / "fairseq-train"), str(recipe.data_bin), *common,
-            *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints), *logging]
+            *run.method.criterion_args, "--seed", str(run.seed), "--save-dir", str(run.checkpoints), *logging,
+            *run.job_args]
 
 
 def checkpoint_path(recipe: Recipe, run: RunPlan) -> Path:

@@ -56,14 +56,20 @@ def test_generate_from_a_labo_checkpoint(toy_data_bin, tmp_path):
     assert "BLEU4 = " in proc.stdout
 
 
-def test_two_process_gloo_data_parallel_matches_single_process(toy_data_bin, tmp_path):
-    """2 workers x 1 batch per update == 1 worker x update-freq 2 over the same batches."""
+def test_two_process_gloo_data_parallel_matches_single_process_across_a_resume(toy_data_bin, tmp_path):
+    """2 workers x 1 batch per update == 1 worker x update-freq 2 over the same batches, with the
+    2 workers stopped after update 3 and resumed from checkpoint_last.pt: rank 0 loads it and
+    broadcasts the state (with its omegaconf config) to rank 1, as fairseq does by default."""
     common = [str(toy_data_bin), "--cpu", *TINY_TRANSFORMER_ARGS, "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
-              "--max-tokens", "500", "--max-update", "6", "--seed", "1", "--no-save", "--disable-validation",
+              "--max-tokens", "500", "--seed", "1", "--disable-validation",
               "--log-format", "simple", "--log-interval", "1", "--no-progress-bar", *LABO]
-    outputs = train_two_gloo_workers(common)
-    distributed = train_inner(outputs[0])
-    single = train_inner(run_cli(["fairseq-train", *common, "--update-freq", "2"]).stdout)
+    save = ["--save-dir", str(tmp_path / "ddp"), "--no-epoch-checkpoints"]
+    first = train_two_gloo_workers([*common, *save, "--max-update", "3"])
+    resumed = train_two_gloo_workers([*common, *save, "--max-update", "6"])
+    assert "Loaded checkpoint" in resumed[0] and "(epoch 1 @ 3 updates)" in resumed[0]
+    distributed = {**train_inner(first[0]), **train_inner(resumed[0])}
+    assert sorted(train_inner(resumed[0])) == [4, 5, 6]
+    single = train_inner(run_cli(["fairseq-train", *common, "--max-update", "6", "--no-save", "--update-freq", "2"]).stdout)
     assert sorted(distributed) == sorted(single) == list(range(1, 7))
     for update in single:
         for key in ("loss", "nll_loss", "q_entropy", "gnorm", "wpb"):
