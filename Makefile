@@ -5,6 +5,8 @@
 #   make wheelhouse [PYTHON_VERSION=3.11] [PLATFORM=manylinux_2_28_x86_64] [WHEELHOUSE=wheelhouse]
 VENV ?= .venv
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers (0: one process); modules marked xdist_group run in one worker
+TEST_WORKERS ?= 2
 TORCH ?= cpu
 OFFLINE ?=
 WHEELHOUSE ?= wheelhouse
@@ -21,9 +23,9 @@ env:
 demo: env
 	@bash scripts/demo.sh
 
-# Default run: everything but tests marked slow. CI runs `make test`.
+# Default run: everything but tests marked slow, on TEST_WORKERS processes. CI runs `make test`.
 test: env
-	@bash scripts/run_tests.sh -m "not slow" $(PYTEST_ARGS)
+	@bash scripts/run_tests.sh -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-all: env
 	@bash scripts/run_tests.sh $(PYTEST_ARGS)

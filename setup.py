@@ -63,7 +63,7 @@ setup(
         "hf": ["transformers>=5.25", "accelerate>=1.1"],   # labo_fairseq.hf (Trainer needs accelerate)
         "cluster": ["submitit>=1.5"],   # labo-experiment --launcher slurm / submitit-local
         "viz": ["tensorboard>=2.21"],   # viewing [train] tensorboard = true logs (writing needs only tensorboardX)
-        "test": ["pytest>=8", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "compare-mt>=0.2.10", "liger-kernel>=0.8",
                  "transformers>=5.25", "accelerate>=1.1", "submitit>=1.5"],
     },
     entry_points={

@@ -7,6 +7,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (make test: 2 workers on a 2-core machine) every worker and the tools it
+# runs (fairseq-train, ...) compute on one thread, so that workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 import pytest  # noqa: E402
 
 from tests.toy import preprocess, train, write_toy_corpus  # noqa: E402

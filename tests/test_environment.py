@@ -12,6 +12,10 @@ import torch
 
 from tests.toy import REPO_ROOT, run_cli, train
 
+# installs into, builds from or checks the checkout and its .venv/: one xdist worker runs these
+# modules one after another (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("installs")
+
 
 def test_setup_env_is_a_no_op_when_nothing_changed():
     proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=REPO_ROOT, capture_output=True, text=True)

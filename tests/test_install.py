@@ -13,6 +13,10 @@ import pytest
 from labo_fairseq import install
 from tests.toy import BIN_DIR, REPO_ROOT, run_cli
 
+# installs into, builds from or checks the checkout and its .venv/: one xdist worker runs these
+# modules one after another (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("installs")
+
 STOCK_OPTIONS = "def get_parser(desc, default_task='translation'):\n    pass\n"
 PATCHED_OPTIONS = STOCK_OPTIONS + "\n\ndef bf16_implies_tpu(args) -> bool:\n    return False\n"
 

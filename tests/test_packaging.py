@@ -18,6 +18,10 @@ import pytest
 import labo_fairseq
 from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS
 
+# installs into, builds from or checks the checkout and its .venv/: one xdist worker runs these
+# modules one after another (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("installs")
+
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
 
 
