@@ -322,21 +322,22 @@ args = ["--labo-chunk-size", "0"]
 
 
 def test_grid_runs_in_parallel_with_averaged_checkpoints_and_a_failing_run(toy_data_bin, tmp_path):
-    # 2 x 2 grid over tau and alpha, LS, and a method whose training fails; 2 seeds; 2 at a time
-    recipe = write_recipe(tmp_path / "grid.toml", toy_data_bin, GRID, max_update=16, average_last=2, seeds=(1, 2))
+    # 2 x 2 grid over tau and alpha, LS, and a method whose training fails; 2 at a time (one
+    # seed: the runs of several seeds are the same runs, test_sigterm_stops_every_child_... has two)
+    recipe = write_recipe(tmp_path / "grid.toml", toy_data_bin, GRID, max_update=16, average_last=2)
     out = tmp_path / "exp"
     proc = run_experiment(recipe, out, check=False, jobs=2)
     assert proc.returncode == 1, proc.stdout[-3000:]
     summary = json.loads((out / "experiment.json").read_text())
-    grid = [f"labo-a{a}-tau{t}-seed{s}" for a in ("0.1", "0.2") for t in ("1.25", "2") for s in (1, 2)]
-    assert all(summary["runs"][name] == "done" for name in grid + ["ls-a0.1-seed1", "ls-a0.1-seed2"])
+    grid = [f"labo-a{a}-tau{t}-seed1" for a in ("0.1", "0.2") for t in ("1.25", "2")]
+    assert all(summary["runs"][name] == "done" for name in grid + ["ls-a0.1-seed1"])
     broken = [n for n in summary["runs"] if n.startswith("labo-a0.1-tau1.5")]
     assert broken and all(summary["runs"][n].startswith("failed: training") for n in broken)
     assert "--labo-chunk-size must be >= 1" in (out / broken[0] / "train.log").read_text()
     # one progress line per finished run, failures included
-    progress = [line for line in proc.stdout.splitlines() if re.search(r"\[\d+/12\] ", line)]
-    assert len(progress) == 12 and sum(re.search(r" failed after \d+s: training", line) is not None
-                                      for line in progress) == 2
+    progress = [line for line in proc.stdout.splitlines() if re.search(r"\[\d+/6\] ", line)]
+    assert len(progress) == 6 and sum(re.search(r" failed after \d+s: training", line) is not None
+                                     for line in progress) == 1
     assert any(re.search(r"done in \d+s, valid nll \d+\.\d\d", line) for line in progress)
     # two runs were in flight at once: some run started before another had finished
     spans = sorted((t["started"], t["finished"]) for t in summary["timing"].values())

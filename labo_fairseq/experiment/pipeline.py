@@ -98,10 +98,10 @@ partition, account, qos, constraint, nodes, gpus_per_run, cpus_per_gpu, mem_gb, 
 array_parallelism, distributed_port, setup; the --slurm-* flags override them): the pipeline
 submits, prints a line whenever a job's state changes (and the status line), waits and writes
 the report; --no-wait submits and exits, and the same command run again attaches to the jobs
-recorded in each run's run.json. gpus_per_run is the GPUs on each node of a run's job: more than one GPU in all trains
-with fairseq's --distributed-world-size (nodes x gpus_per_run); nodes > 1 trains over that many
-nodes with fairseq's SLURM initialisation (--distributed-port; the first node keeps the records
-and evaluates). [data] launcher = "job" prepares the data as a job of its own (OUT/prepare/) and
+recorded in each run's run.json. gpus_per_run is the GPUs on each node of a run's job: more
+than one GPU in all trains with fairseq's --distributed-world-size (nodes x gpus_per_run);
+nodes > 1 trains over that many nodes with fairseq's SLURM initialisation (--distributed-port;
+the first node keeps the records and evaluates). [data] launcher = "job" prepares the data as a job of its own (OUT/prepare/) and
 waits for it before submitting any run (with --launcher pool it prepares here). --launcher
 submitit-local runs the same jobs on this machine, --jobs at a time (one node each).
 --launcher slurm --dry-run prints each job's sbatch script. See the README, "On a SLURM cluster".

@@ -85,7 +85,8 @@ class _LogPosition:
     since: tuple
     offset: int
     target: Optional[int]       # the run's --max-update
-    first: int = 0              # the update training started from (a loaded checkpoint's)
+    # the update training started from: a loaded checkpoint's, or where an attached job stood
+    first: int = 0
     update: Optional[int] = None
     partial: bytes = b""        # an incomplete last line, kept for the next read
 
