@@ -109,13 +109,20 @@ def test_progress_is_one_live_line_on_a_terminal_and_plain_lines_elsewhere(tmp_p
                                    for line in plain), plain
 
 
-def test_progress_reads_only_what_train_log_gained_and_only_whole_lines(tmp_path):
+def reporter_10s_into_training(tmp_path, log_text):
+    """A reporter of one run whose training started 10 s ago, when train.log held `log_text`;
+    no run is left to start."""
     recipe, runs = toy_runs(tmp_path)
     log = runs[0].run_dir / "train.log"
-    log.write_text("an earlier attempt: num_updates=30\n")
+    log.write_text(log_text)
     source = OneRunTraining(runs[0], (time.time() - 10, log.stat().st_size))
     reporter = ProgressReporter(recipe, runs, source, 0, Console(io.StringIO()))
-    reporter.started_names.add(runs[0].name)  # no run left to start
+    reporter.started_names.add(runs[0].name)
+    return reporter, log
+
+
+def test_progress_reads_only_what_train_log_gained_and_only_whole_lines(tmp_path):
+    reporter, log = reporter_10s_into_training(tmp_path, "an earlier attempt: num_updates=30\n")
     # nothing new since the start: the last update the log names, no rate yet
     assert re.search(r"update 30/40; \d+s elapsed$", reporter.status())
     with open(log, "a") as f:
@@ -129,13 +136,9 @@ def test_progress_reads_only_what_train_log_gained_and_only_whole_lines(tmp_path
 
 
 def test_progress_of_a_job_attached_to_counts_from_where_it_stood_and_follows_a_rewritten_log(tmp_path):
-    recipe, runs = toy_runs(tmp_path)
-    log = runs[0].run_dir / "train.log"
     # a job already training when the launcher first saw it running: its rate counts from update 30
-    log.write_text("Loaded checkpoint c/checkpoint_last.pt (epoch 1 @ 10 updates)\nnum_updates=30\n")
-    source = OneRunTraining(runs[0], (time.time() - 10, log.stat().st_size))
-    reporter = ProgressReporter(recipe, runs, source, 0, Console(io.StringIO()))
-    reporter.started_names.add(runs[0].name)
+    reporter, log = reporter_10s_into_training(
+        tmp_path, "Loaded checkpoint c/checkpoint_last.pt (epoch 1 @ 10 updates)\nnum_updates=30\n")
     with open(log, "a") as f:
         f.write("num_updates=35\n")
     # 5 updates in 10 s: 5 left take about 10 s
