@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -46,3 +47,31 @@ def test_wrapper_runs_the_command_with_its_arguments_and_exit_code():
     assert proc.returncode == 3 and proc.stdout.strip() == "['a b', '--x']"
     missing = subprocess.run(child_command(["no-such-command-here"]), capture_output=True, text=True)
     assert missing.returncode != 0 and "cannot run no-such-command-here" in missing.stderr
+
+
+def test_a_pipeline_child_log_holds_each_line_as_it_is_printed(tmp_path):
+    from labo_fairseq.experiment.children import ChildProcesses, Interrupted
+    children, log = ChildProcesses(), tmp_path / "train.log"
+    command = [sys.executable, "-c", "import time; print('first line', flush=True); time.sleep(60)"]
+    failures = []
+
+    def run():
+        try:
+            children.run(command, log, "child", stream=False)
+        except Interrupted:
+            pass
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            failures.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while "first line" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+            time.sleep(0.1)
+        # still running: the line is in the file, not in a buffer that a killed pipeline loses
+        assert thread.is_alive() and log.read_text() == "first line\n"
+    finally:
+        children.stop_all(grace=5)
+        thread.join(10)
+    assert not failures and not thread.is_alive()

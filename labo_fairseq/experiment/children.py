@@ -95,7 +95,9 @@ class ChildProcesses:
         """Runs `command` into `log_path` (and the console when `stream`); raises if it fails."""
         if self.stopping.is_set():
             raise Interrupted()
-        with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+        # line-buffered: the log holds every line the child printed even if this process is
+        # killed (a SLURM node's log would otherwise lose its last 8 KB)
+        with open(log_path, "a" if append else "w", encoding="utf-8", buffering=1) as log:
             # its own process group: a terminal's Ctrl-C reaches this process only, which
             # then stops the children itself; they also die with it (child_command)
             proc = subprocess.Popen(child_command(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
