@@ -52,6 +52,10 @@ def test_schedule_save_and_job_flags_are_compared_apart_from_the_rest():
     assert compare_commands(old + ["--distributed-port", "20001"], old + ["--distributed-port", "29500"]) == (
         None, None, None)
     assert compare_commands(old, old + ["--distributed-world-size", "2"])[0] == "--distributed-world-size added (2)"
+    # the same fairseq-train from another environment (a moved checkout) trains the same model
+    assert compare_commands(old, ["/elsewhere/.venv/bin/fairseq-train", *old[1:]]) == (None, None, None)
+    assert compare_commands(old + ["--seed", "1"], ["fairseq-train", "d", "--seed", "1", "--lr", "1"])[0] == (
+        "the order of the flags")
     assert compare_commands(old, ["fairseq-train", "d", "--lr", "1", "--max-update", "40"]) == (
         None, "--max-update 30 -> 40", None)
     assert compare_commands(old, ["fairseq-train", "d", "--lr", "2", "--max-update", "20"]) == (

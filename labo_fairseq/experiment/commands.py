@@ -66,10 +66,11 @@ def compare_commands(recorded: Sequence[str], new: Sequence[str]):
     """(change, extended, shortened) between a run's recorded training command and the recipe's:
     `change` describes the differences other than the schedule and save flags (None: none);
     `extended` / `shortened` describe schedule flags that now let training last longer / stop
-    sooner (None: none). Save, logging and job flags may differ freely."""
+    sooner (None: none). Save, logging and job flags may differ freely, and so may the program's
+    path: it names the environment that runs fairseq-train (a moved checkout), not the model."""
     ignored = SCHEDULE_FLAGS + SAVE_FLAGS + LOGGING_FLAGS + JOB_FLAGS
-    kept_old, kept_new = without_flags(recorded, ignored), without_flags(new, ignored)
-    change = describe_command_change(kept_old, kept_new) if kept_old != kept_new else None
+    kept_old, kept_new = without_flags(recorded[1:], ignored), without_flags(new[1:], ignored)
+    change = describe_command_change(recorded[:1] + kept_old, new[:1] + kept_new) if kept_old != kept_new else None
     longer, shorter = [], []
     for flag in SCHEDULE_FLAGS:
         before, after = _schedule_limit(recorded, flag), _schedule_limit(new, flag)
