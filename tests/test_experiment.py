@@ -228,7 +228,33 @@ def test_shipped_recipes_load(recipe_name):
     assert recipe.prepare[0] == "labo-prepare" and recipe.prepare[1] in DATASETS
 
 
-def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_path):
+def test_demo_names_the_missing_raw_file(tmp_path):
+    (tmp_path / "train.de.gz").write_bytes(b"")
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "demo.sh")], env=dict(os.environ, DATA_DIR=str(tmp_path)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"DATA_DIR={tmp_path} has no train.en.gz" in proc.stderr
+
+
+GRID = """
+[[methods]]
+kind = "ls"
+[[methods]]
+kind = "labo"
+tau = [1.25, 2.0]
+label_smoothing = [0.1, 0.2]
+[[methods]]
+kind = "labo"
+tau = 1.5
+label = "LABO broken"
+args = ["--labo-chunk-size", "0"]
+"""
+
+
+def test_tiny_pipeline_end_to_end_skips_finished_runs_then_grows_into_a_parallel_grid(toy_data_bin, tmp_path):
+    # one experiment serves the whole life of a recipe: trained, skipped, evaluated again, then
+    # grown into a grid that trains its new runs 2 at a time next to a failing one
+
     recipe = write_recipe(tmp_path / "tiny.toml", toy_data_bin, LS_AND_LABO, max_update=16,
                           average_last=2)  # 16 updates = 2 epochs of 8 batches
     out = tmp_path / "exp"
@@ -285,65 +311,30 @@ def test_tiny_pipeline_end_to_end_then_skips_finished_runs(toy_data_bin, tmp_pat
     for run in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
         assert str(json.loads((out / run / "eval" / "test" / "scores.json").read_text())["beam"]) == "1"
 
-
-def test_changed_recipe_is_refused_for_an_existing_run(toy_data_bin, tmp_path):
-    out = tmp_path / "exp"
-    run_experiment(write_recipe(tmp_path / "a.toml", toy_data_bin, "[[methods]]\nkind = \"ls\"\n", max_update=4), out)
-    changed = write_recipe(tmp_path / "b.toml", toy_data_bin, "[[methods]]\nkind = \"ls\"\n", max_update=4)
-    changed.write_text(changed.read_text().replace('"--max-tokens", "500"', '"--max-tokens", "400"'))
-    proc = run_experiment(changed, out, check=False)
-    assert proc.returncode == 1
-    assert "trained with a different command" in proc.stdout and "(--max-tokens 500 -> 400)" in proc.stdout
-    assert dry_run_states(changed, out) == {
-        "ls-a0.1-seed1": "refused: trained with another command (--max-tokens 500 -> 400)"}
-
-
-def test_demo_names_the_missing_raw_file(tmp_path):
-    (tmp_path / "train.de.gz").write_bytes(b"")
-    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "demo.sh")], env=dict(os.environ, DATA_DIR=str(tmp_path)),
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert f"DATA_DIR={tmp_path} has no train.en.gz" in proc.stderr
-
-
-GRID = """
-[[methods]]
-kind = "ls"
-[[methods]]
-kind = "labo"
-tau = [1.25, 2.0]
-label_smoothing = [0.1, 0.2]
-[[methods]]
-kind = "labo"
-tau = 1.5
-label = "LABO broken"
-args = ["--labo-chunk-size", "0"]
-"""
-
-
-def test_grid_runs_in_parallel_with_averaged_checkpoints_and_a_failing_run(toy_data_bin, tmp_path):
-    # 2 x 2 grid over tau and alpha, LS, and a method whose training fails; 2 at a time (one
-    # seed: the runs of several seeds are the same runs, test_sigterm_stops_every_child_... has two)
-    recipe = write_recipe(tmp_path / "grid.toml", toy_data_bin, GRID, max_update=16, average_last=2)
-    out = tmp_path / "exp"
+    # the recipe grows into a 2 x 2 grid over tau and alpha, plus a method whose training fails;
+    # the two finished runs are skipped and the four new ones train 2 at a time
+    recipe.write_text(recipe.read_text().replace(LS_AND_LABO, GRID))
     proc = run_experiment(recipe, out, check=False, jobs=2)
     assert proc.returncode == 1, proc.stdout[-3000:]
     summary = json.loads((out / "experiment.json").read_text())
+    assert all(summary["runs"][name] == "skipped" for name in runs), summary["runs"]
+    assert {out / r / "train.log": (out / r / "train.log").stat().st_mtime_ns for r in runs} == logs
     grid = [f"labo-a{a}-tau{t}-seed1" for a in ("0.1", "0.2") for t in ("1.25", "2")]
-    assert all(summary["runs"][name] == "done" for name in grid + ["ls-a0.1-seed1"])
+    new = [name for name in grid if name not in runs]
+    assert all(summary["runs"][name] == "done" for name in new), summary["runs"]
     broken = [n for n in summary["runs"] if n.startswith("labo-a0.1-tau1.5")]
     assert broken and all(summary["runs"][n].startswith("failed: training") for n in broken)
     assert "--labo-chunk-size must be >= 1" in (out / broken[0] / "train.log").read_text()
-    # one progress line per finished run, failures included
+    # one progress line per run, the skipped and the failed included
     progress = [line for line in proc.stdout.splitlines() if re.search(r"\[\d+/6\] ", line)]
     assert len(progress) == 6 and sum(re.search(r" failed after \d+s: training", line) is not None
-                                     for line in progress) == 1
+                                     for line in progress) == 1, progress
     assert any(re.search(r"done in \d+s, valid nll \d+\.\d\d", line) for line in progress)
-    # two runs were in flight at once: some run started before another had finished
-    spans = sorted((t["started"], t["finished"]) for t in summary["timing"].values())
+    # two runs were in flight at once: some new run started before another had finished
+    spans = sorted((summary["timing"][n]["started"], summary["timing"][n]["finished"]) for n in new + broken)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
     # each run keeps its own log, and what was evaluated is the average of the last 2 epochs
-    for name in grid:
+    for name in new:
         run_dir = out / name
         assert "num_updates 16" in (run_dir / "train.log").read_text()
         info = json.loads((run_dir / "run.json").read_text())
