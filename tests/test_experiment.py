@@ -65,11 +65,12 @@ def dry_run_states(recipe, out):
     return {line.split()[0]: re.split(r"\s{2,}", line.strip())[-1] for line in table}
 
 
-def start_experiment(recipe, out, jobs=1):
+def start_experiment(recipe, out, jobs=1, progress=None, stdout=subprocess.PIPE):
     """The pipeline in the background (its own session, so that signals reach only it)."""
     env = dict(os.environ, PATH=f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    every = [] if progress is None else ["--progress", str(progress)]
     return subprocess.Popen([str(BIN_DIR / "python"), str(REPO_ROOT / "scripts" / "run_experiment.py"), str(recipe),
-                             "--out", str(out), "--jobs", str(jobs)], env=env, stdout=subprocess.PIPE,
+                             "--out", str(out), "--jobs", str(jobs), *every], env=env, stdout=stdout,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -346,12 +347,15 @@ def test_tiny_pipeline_end_to_end_skips_finished_runs_then_grows_into_a_parallel
     assert "LABO α=0.2 τ=2" in report and broken[0] in report  # the failed run is listed too
 
 
-def test_sigterm_stops_every_child_and_the_runs_resume(toy_data_bin, tmp_path):
+def test_interrupted_pipeline_stops_its_children_shows_progress_and_resumes(toy_data_bin, tmp_path):
+    # one recipe, three pipelines: SIGTERM stops the first cleanly; the second resumes both runs,
+    # shows their progress and is SIGKILLed; the third finishes them
     methods = '[[methods]]\nkind = "labo"\n'
-    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, methods, max_update=400, save_every=5, seeds=(1, 2))
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, methods, max_update=300, save_every=5, seeds=(1, 2))
     out = tmp_path / "exp"
+    names = [f"labo-a0.1-tau1.25-seed{s}" for s in (1, 2)]
     proc = start_experiment(recipe, out, jobs=2)
-    lasts = [out / f"labo-a0.1-tau1.25-seed{s}" / "checkpoints" / "checkpoint_last.pt" for s in (1, 2)]
+    lasts = [out / name / "checkpoints" / "checkpoint_last.pt" for name in names]
     assert wait_for(lambda: all(p.exists() for p in lasts), 300, proc), "training never saved checkpoints"
     assert len(processes_mentioning(str(out))) >= 2  # both trainings are running
     proc.send_signal(signal.SIGTERM)
@@ -359,37 +363,32 @@ def test_sigterm_stops_every_child_and_the_runs_resume(toy_data_bin, tmp_path):
     assert proc.returncode == 130, output[-3000:]
     assert "interrupted" in output and "Run the same command again" in output
     assert wait_for(lambda: not processes_mentioning(str(out)), 30), "a child outlived the pipeline"
-    assert not any((p.parent.parent / "train.done").exists() for p in lasts)
-    assert not any((p.parent.parent / "FAILED").exists() for p in lasts)
+    assert not any((out / name / "train.done").exists() for name in names)
+    assert not any((out / name / "FAILED").exists() for name in names)
     assert not (out / ".experiment.lock").exists()
 
-    result = run_experiment(recipe, out, jobs=2)
-    for p in lasts:
-        log = (p.parent.parent / "train.log").read_text()
-        loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
-        assert loaded and "@ 0 updates" not in loaded[-1] and "num_updates 400" in log
-    assert "done" in result.stdout
-
-
-def test_killed_pipeline_leaves_no_training_behind_and_resumes(toy_data_bin, tmp_path):
-    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "labo"\n',
-                          max_update=400, save_every=5)
-    out = tmp_path / "exp"
-    proc = start_experiment(recipe, out)
-    last = out / "labo-a0.1-tau1.25-seed1" / "checkpoints" / "checkpoint_last.pt"
-    assert wait_for(last.exists, 300, proc), "training never saved a checkpoint"
+    # resumed 2 at a time with a status line every second (plain lines: the output is a file)
+    console = tmp_path / "console.txt"
+    with open(console, "w") as sink:
+        proc = start_experiment(recipe, out, jobs=2, progress=1, stdout=sink)
+    both = re.compile(r"seed\d update \d+/300; labo-a0\.1-tau1\.25-seed\d update \d+/300; .*training left about")
+    assert wait_for(lambda: both.search(console.read_text()), 300, proc), console.read_text()[-3000:]
     os.kill(proc.pid, signal.SIGKILL)  # only the pipeline: its children must follow by themselves
-    proc.communicate()
+    proc.wait()
     assert wait_for(lambda: not processes_mentioning(str(out)), 30), "fairseq-train kept training unattended"
-    assert not (out / "labo-a0.1-tau1.25-seed1" / "train.done").exists()
+    assert not any((out / name / "train.done").exists() for name in names)
+    lines = [line for line in console.read_text().splitlines() if line.startswith("[experiment] progress: ")]
+    pattern = (r"\[experiment\] progress: [0-2]/2 run\(s\) started, 0 finished"
+               r"(; labo-a0\.1-tau1\.25-seed[12] update \d+/300)*; \d+(m\d\ds|s) elapsed(; training left about \S+)?")
+    assert lines and all(re.fullmatch(pattern, line) for line in lines), lines
 
     result = run_experiment(recipe, out)
-    log = (out / "labo-a0.1-tau1.25-seed1" / "train.log").read_text()
-    assert "resuming" in result.stdout
-    loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
-    assert loaded and "@ 0 updates" not in loaded[-1]
-    assert "num_updates 400" in log
-    assert json.loads((out / "experiment.json").read_text())["runs"] == {"labo-a0.1-tau1.25-seed1": "done"}
+    assert result.stdout.count("resuming") == 2
+    for name in names:
+        log = (out / name / "train.log").read_text()
+        loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
+        assert len(loaded) == 2 and "@ 0 updates" not in loaded[-1] and "num_updates 300" in log
+    assert json.loads((out / "experiment.json").read_text())["runs"] == {name: "done" for name in names}
 
 
 def test_output_directory_is_locked_while_a_pipeline_uses_it(tmp_path):

@@ -173,22 +173,6 @@ def test_interrupt_starts_no_further_run_and_says_what_is_redone(toy_data_bin, t
                                            "ls-a0.1-seed2": "train, then evaluate"}
 
 
-def test_progress_lines_while_runs_train_in_parallel(toy_data_bin, tmp_path):
-    from tests.test_experiment import REPO_ROOT, run_cli
-
-    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, '[[methods]]\nkind = "ls"\n', max_update=60,
-                          seeds=(1, 2, 3))
-    proc = run_cli(["python", REPO_ROOT / "scripts" / "run_experiment.py", recipe, "--out", tmp_path / "exp",
-                    "--jobs", "2", "--progress", "1"], timeout=900)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("[experiment] progress: ")]
-    assert lines, proc.stdout[-3000:]
-    pattern = (r"\[experiment\] progress: [0-3]/3 run\(s\) started, [0-3] finished"
-               r"(; ls-a0\.1-seed[123] update \d+/60)*; \d+(m\d\ds|s) elapsed(; training left about \S+)?")
-    assert all(re.fullmatch(pattern, line) for line in lines), lines
-    assert any(re.search(r"seed\d update \d+/60; ls-a0\.1-seed\d update \d+/60", line) for line in lines), lines
-    assert any("training left about" in line for line in lines), lines
-
-
 def test_progress_estimates_the_training_left(tmp_path):
     recipe = recipe_with_train(tmp_path, 'args = ["--max-update", "100"]\nsave_interval_updates = 0')
     recipe.seeds = [1, 2, 3]
