@@ -18,6 +18,9 @@ from fairseq import checkpoint_utils
 from tests.toy import train_inner
 from tests.toy import TINY_TRANSFORMER_ARGS, run_cli
 
+# one xdist worker builds this module's trained save directory once (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("trained-checkpoints")
+
 
 def train_args(data_bin, save_dir, max_update, *extra):
     return [str(data_bin), "--cpu", *TINY_TRANSFORMER_ARGS, "--optimizer", "adam", "--lr", "1e-3",

@@ -11,6 +11,10 @@ from labo_fairseq.data_prep import common, iwslt14, multi30k, wmt14
 from labo_fairseq.evaluation import evaluate
 from tests.toy import BIN_DIR, REPO_ROOT, run_cli
 
+# one xdist worker runs the modules that share the toy checkpoint and evaluation (session
+# fixtures), so that they are built once (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("toy-checkpoint")
+
 COMMANDS = ["labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench",
             "labo-install-fairseq"]
 

@@ -14,6 +14,9 @@ from labo_fairseq.experiment import Interrupted, OutputLock, RecipeError, load_r
 from labo_fairseq.functional import TAU_MIN
 from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS, preprocess, run_cli, write_toy_corpus
 
+# one xdist worker builds this module's finished experiment once (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("finished-experiment")
+
 SCRIPT = REPO_ROOT / "scripts" / "run_experiment.py"
 RUN = "ls-a0.1-seed1"
 

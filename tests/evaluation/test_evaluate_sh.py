@@ -16,6 +16,10 @@ from labo_fairseq.evaluation.evaluate import RESULT_FILES
 from tests.evaluation.helpers import assert_one_line_error, dead_pid
 from tests.toy import REPO_ROOT, run_cli
 
+# one xdist worker runs the modules that share the toy checkpoint and evaluation (session
+# fixtures), so that they are built once (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("toy-checkpoint")
+
 EVALUATE = REPO_ROOT / "scripts" / "evaluate.sh"
 PROG = "scripts/evaluate.sh"
 

@@ -16,6 +16,10 @@ from labo_fairseq.evaluation.score import (TEXT_FILES, detokenize, main, parse_g
 from tests.evaluation.helpers import assert_one_line_error
 from tests.toy import run_cli
 
+# one xdist worker runs the modules that share the toy checkpoint and evaluation (session
+# fixtures), so that they are built once (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("toy-checkpoint")
+
 SCORE = [sys.executable, "-m", "labo_fairseq.evaluation.score"]
 
 GENERATE_OUT = """\

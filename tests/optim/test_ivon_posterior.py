@@ -11,6 +11,10 @@ from tests.optim.test_train_cli import ivon_train
 from tests.toy import USER_DIR
 from tests.toy import run_cli
 
+# one xdist worker runs the modules that share the toy checkpoint and evaluation (session
+# fixtures), so that they are built once (make test --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("toy-checkpoint")
+
 
 def test_sigma_is_ivons_formula_over_every_group():
     state = {"param_groups": [
