@@ -1,19 +1,23 @@
 """The package as users install it: a wheel with its commands, recipes and dependency metadata; an
 environment whose own torch (a CUDA build on a GPU machine) is kept; an offline wheelhouse.
 
-The torch wheel already installed for the tests stands in for the user's CUDA torch: pip takes
-`torch==2.13.0` from its cache or find-links, so one throw-away environment costs a torch
-install, the pinned requirements and one fairseq build (a few minutes, shared by the tests of
-this module).
+The torch already installed for the tests stands in for the user's CUDA torch: a throw-away
+environment gets it, with what it requires, as hard links to the files of this environment's
+installation (what `pip install torch==2.13.0` would write, without unpacking a wheel of 800 MB
+again; pip removing or replacing it would only unlink the copies). One such environment costs
+the pinned requirements and one fairseq build (a few minutes, shared by the tests of this module).
 """
+import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 import labo_fairseq
 from tests.toy import REPO_ROOT, TINY_TRANSFORMER_ARGS
@@ -41,6 +45,46 @@ def run(cmd, timeout=1200, check=True, **kwargs):
         assert proc.returncode == 0, (f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout ---\n"
                                       f"{proc.stdout[-5000:]}\n--- stderr ---\n{proc.stderr[-5000:]}")
     return proc
+
+
+def _torch_distributions():
+    """torch and the distributions it requires here, recursively (markers evaluated)."""
+    found, todo = {}, ["torch"]
+    while todo:
+        dist = importlib.metadata.distribution(todo.pop())
+        name = dist.metadata["Name"].lower().replace("-", "_")
+        if name in found:
+            continue
+        found[name] = dist
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def venv_with_torch(venv):
+    """A new venv holding this environment's torch installation (and its requirements), each file
+    a hard link (a copy across file systems) listed by the distribution's RECORD; a requirement
+    the venv already has (setuptools) is left as it is."""
+    run([BASE_PYTHON, "-m", "venv", venv])
+    python = venv / "bin" / "python"
+    site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
+    present = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    for name, dist in _torch_distributions().items():
+        if name in present:
+            continue
+        source_root = Path(dist.locate_file(""))
+        for entry in dist.files:
+            source = Path(dist.locate_file(entry))
+            if not source.resolve().is_relative_to(source_root.resolve()) or not source.is_file():
+                continue  # console scripts (their shebang names this environment's python)
+            target = site / entry
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    return python
 
 
 def torch_fingerprint(python):
@@ -97,9 +141,8 @@ def own_torch_env(tmp_path_factory):
     """A throw-away venv whose torch was installed before the project's script ran, like a GPU
     machine's CUDA torch; then `setup_env.sh --into-current-env` installs everything else."""
     venv = tmp_path_factory.mktemp("own-torch") / "env"
-    run([BASE_PYTHON, "-m", "venv", venv])
-    python = venv / "bin" / "python"
-    run([python, "-m", "pip", "install", "-q", "torch==2.13.0"])
+    python = venv_with_torch(venv)
+    assert run([python, "-m", "pip", "show", "torch"]).stdout.startswith("Name: torch\nVersion: 2.13.0")
     before = torch_fingerprint(python)
     proc = run(["bash", REPO_ROOT / "scripts" / "setup_env.sh", "--into-current-env"],
                env=clean_env(PYTHON=str(python)), cwd="/")
@@ -204,9 +247,7 @@ def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
     BPE and then failed on "fairseq-preprocess not found", and labo-evaluate named
     scripts/install_fairseq.sh, which the wheel does not ship (and which needed cython and wheel)."""
     venv = tmp_path / "env"
-    run([BASE_PYTHON, "-m", "venv", venv])
-    python, bin_dir = venv / "bin" / "python", venv / "bin"
-    run([python, "-m", "pip", "install", "-q", "torch==2.13.0"])
+    python, bin_dir = venv_with_torch(venv), venv / "bin"
     run([python, "-m", "pip", "install", "-q", wheel])
     env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
     missing = run([python, "-c", "import importlib.util as u; print([m for m in ('Cython', 'wheel', 'fairseq') "
