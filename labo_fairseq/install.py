@@ -9,16 +9,25 @@ Steps, one line each on the console:
   2. the sdist: --sdist FILE, else `pip download fairseq==0.12.2` (pip's index, or a wheelhouse
      with PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR)
   3. the patch (fairseq-0.12.2.patch, shipped inside this package) applied to the unpacked sdist
-  4. `pip install --no-deps --no-build-isolation --force-reinstall` of the patched tree: fairseq's
-     own pins (hydra-core<1.1, omegaconf<2.1, torchaudio) do not work on Python 3.11 / a current
-     torch; labo_fairseq's dependencies provide what fairseq needs at run time
+  4. `pip wheel --no-deps --no-build-isolation` of the patched tree, then `pip install --no-deps
+     --force-reinstall` of that wheel: fairseq's own pins (hydra-core<1.1, omegaconf<2.1,
+     torchaudio) do not work on Python 3.11 / a current torch; labo_fairseq's dependencies
+     provide what fairseq needs at run time
   5. a check that the installed fairseq imports and carries the patch
+
+The wheel is kept in a cache (--cache-dir, default $LABO_FAIRSEQ_CACHE or
+~/.cache/labo-fairseq) under a key of everything it was compiled from and against: the patch,
+the sdist, the Python, the platform, torch, numpy and whether a CUDA toolkit was found. Another
+environment with the same key installs that wheel instead of compiling (steps 2 to 4);
+--no-cache always builds.
 
 It also holds the check every command that needs fairseq makes first (require_fairseq): cheap,
 it reads two small files and imports nothing of fairseq or torch.
 """
 import argparse
+import hashlib
 import importlib.metadata
+import json
 import importlib.util
 import os
 import re
@@ -260,7 +269,79 @@ def verify(python: str, patch: Path) -> str:
     return version
 
 
-def install(python: str, sdist: Optional[Path], build_requirements: bool = True) -> None:
+# ------------------------------------------------------------------------------- the wheel cache
+
+# What a compiled fairseq depends on, read in the target environment: its Python and platform,
+# the torch and numpy its extensions were compiled against, and whether a CUDA toolkit was found
+# (fairseq then also compiles its CUDA kernels).
+_BUILD_FACTS = """import json, sys, sysconfig, numpy, torch
+from torch.utils import cpp_extension
+print(json.dumps({"python": sys.implementation.cache_tag, "platform": sysconfig.get_platform(),
+                  "torch": torch.__version__, "numpy": numpy.__version__,
+                  "cuda_toolkit": cpp_extension.CUDA_HOME is not None}))"""
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("LABO_FAIRSEQ_CACHE"):
+        return Path(os.environ["LABO_FAIRSEQ_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labo-fairseq"
+
+
+def build_facts(python: str) -> dict:
+    proc = subprocess.run([python, "-c", _BUILD_FACTS], capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if proc.returncode != 0:
+        raise InstallError(f"{python} cannot report its torch and numpy:\n{proc.stderr.strip()[-1000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cache_key(facts: dict, patch: bytes, sdist: Optional[bytes]) -> str:
+    """The cache entry of a fairseq wheel: a hash of the build facts, the patch, and the sdist
+    (None: pip's download of the fixed version FAIRSEQ_VERSION)."""
+    digest = hashlib.sha256(json.dumps({"fairseq": FAIRSEQ_VERSION, **facts}, sort_keys=True).encode())
+    digest.update(hashlib.sha256(patch).digest())
+    digest.update(hashlib.sha256(sdist).digest() if sdist is not None else b"pip download")
+    return digest.hexdigest()[:24]
+
+
+def cached_wheel(entry: Path) -> Optional[Path]:
+    wheels = sorted(entry.glob(f"fairseq-{FAIRSEQ_VERSION}-*.whl")) if entry.is_dir() else []
+    return wheels[0] if wheels else None
+
+
+def keep_wheel(wheel: Path, entry: Path) -> None:
+    """Copies a built wheel into its cache entry (aside, then renamed: a reader never sees half a
+    wheel); a cache that cannot be written only costs the next environment a build."""
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        part = entry / f".{wheel.name}.part-{os.getpid()}"
+        shutil.copyfile(wheel, part)
+        part.replace(entry / wheel.name)
+        say(f"kept the wheel for other environments: {entry / wheel.name}")
+    except OSError as error:
+        say(f"note: the wheel was not kept in the cache {entry} ({error.strerror or error})")
+
+
+# -------------------------------------------------------------------------------- the install
+
+
+def build_wheel(python: str, sdist: Optional[Path], patch: Path, dest: Path) -> Path:
+    """Steps 2 to 4 up to the wheel: download or take the sdist, patch it, `pip wheel` it."""
+    if sdist is None:
+        sdist = download_sdist(python, dest)
+    say(f"building fairseq {FAIRSEQ_VERSION} with {patch.name} for {python}")
+    tree = unpack(sdist, dest / "src")
+    apply_patch(patch, tree)
+    _run([*_pip(python), "wheel", "--no-deps", "--no-build-isolation", "-w", dest / "wheel", tree],
+         f"building the patched fairseq {FAIRSEQ_VERSION}")
+    wheels = sorted((dest / "wheel").glob(f"fairseq-{FAIRSEQ_VERSION}-*.whl"))
+    if not wheels:
+        raise InstallError(f"pip wheel left no fairseq-{FAIRSEQ_VERSION} wheel in {dest / 'wheel'}")
+    return wheels[0]
+
+
+def install(python: str, sdist: Optional[Path], build_requirements: bool = True,
+            cache_dir: Optional[Path] = None) -> None:
+    """Installs the patched fairseq into `python`'s environment; `cache_dir` None: always builds."""
     patch = patch_file()
     if sdist is not None and not sdist.is_file():
         raise InstallError(f"--sdist {sdist} does not exist")
@@ -271,15 +352,21 @@ def install(python: str, sdist: Optional[Path], build_requirements: bool = True)
         if missing:
             raise InstallError(f"{python} lacks what fairseq is compiled against: {' '.join(missing)} "
                                f"(run without --no-build-requirements, or install them first)")
+    entry = None
+    if cache_dir is not None:
+        sdist_bytes = sdist.read_bytes() if sdist is not None else None
+        entry = cache_dir / cache_key(build_facts(python), patch.read_bytes(), sdist_bytes)
     with tempfile.TemporaryDirectory(prefix="labo-fairseq-build-") as build:
-        build = Path(build)
-        if sdist is None:
-            sdist = download_sdist(python, build)
-        say(f"building fairseq {FAIRSEQ_VERSION} with {patch.name} for {python}")
-        tree = unpack(sdist, build / "src")
-        apply_patch(patch, tree)
-        _run([*_pip(python), "install", "--no-deps", "--no-build-isolation", "--force-reinstall", tree],
-             f"building and installing the patched fairseq {FAIRSEQ_VERSION}")
+        wheel = cached_wheel(entry) if entry is not None else None
+        if wheel is not None:
+            say(f"installing the wheel built before for this Python, torch and numpy: {wheel}")
+            what = f"installing the cached {wheel} ({INSTALL_COMMAND} --no-cache builds it again)"
+        else:
+            wheel = build_wheel(python, sdist, patch, Path(build))
+            if entry is not None:
+                keep_wheel(wheel, entry)
+            what = f"installing the patched fairseq {FAIRSEQ_VERSION}"
+        _run([*_pip(python), "install", "--no-deps", "--force-reinstall", wheel], what)
     say(f"ok: fairseq {verify(python, patch)}")
 
 
@@ -289,7 +376,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         description="Builds fairseq 0.12.2 from its sdist with the project's patch and installs it "
                     "(--no-deps, --no-build-isolation) into a Python environment; installs the build "
                     "requirements (cython, wheel, setuptools, numpy<2) first where missing. torch must "
-                    "be installed already.",
+                    "be installed already. The wheel it builds is kept in a cache and installed, without "
+                    "compiling, into another environment with the same Python, platform, torch and numpy.",
         epilog="offline: PIP_NO_INDEX=1 PIP_FIND_LINKS=WHEELHOUSE, or --sdist FILE")
     parser.add_argument("--python", default=sys.executable,
                         help="the environment's interpreter (default: this one, %(default)s)")
@@ -297,6 +385,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help=f"a local fairseq-{FAIRSEQ_VERSION}.tar.gz (default: pip downloads it)")
     parser.add_argument("--no-build-requirements", dest="build_requirements", action="store_false",
                         help="do not install cython, wheel, setuptools or numpy; fail if one is missing")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", default=None,
+                        help="where built wheels are kept, one per Python, platform, torch, numpy and patch "
+                             "(default: $LABO_FAIRSEQ_CACHE, else ~/.cache/labo-fairseq)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="build even if the cache holds a wheel for this environment, and keep none")
     parser.add_argument("--check", action="store_true",
                         help="only say whether the interpreter (--python) has the patched fairseq (exit "
                              "status 0 if it has, 1 if not); installs nothing")
@@ -317,8 +410,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = INSTALL_COMMAND) -> i
     if shutil.which(args.python) is None and not Path(args.python).is_file():
         print(f"{prog}: error: {args.python} not found; pass --python /path/to/python", file=sys.stderr)
         return 2
+    # absolute, not resolved (a venv's python is a link to the base interpreter): the steps run
+    # the interpreter from other working directories
+    args.python = os.path.abspath(args.python) if os.sep in args.python else shutil.which(args.python)
     try:
-        install(args.python, args.sdist, args.build_requirements)
+        install(args.python, args.sdist, args.build_requirements,
+                None if args.no_cache else args.cache_dir or default_cache_dir())
     except InstallError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

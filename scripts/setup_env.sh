@@ -132,7 +132,7 @@ if [[ $fairseq == yes ]]; then
             "$PY" -c 'import torch, numpy, Cython, setuptools; print(torch.__version__, numpy.__version__, Cython.__version__, setuptools.__version__)') \
           | sha256sum | cut -d' ' -f1)
     if step_needed fairseq "$key"; then
-        echo "[setup_env] building fairseq 0.12.2 from its sdist with patches/fairseq-0.12.2.patch (about a minute)"
+        echo "[setup_env] installing fairseq 0.12.2 built from its sdist with patches/fairseq-0.12.2.patch (about a minute to compile; seconds from the wheel cache)"
         bash scripts/install_fairseq.sh --python "$PY"
         step_done fairseq "$key"
     fi

@@ -127,6 +127,48 @@ def test_install_script_is_a_wrapper_of_the_command(tmp_path):
     assert proc.returncode == 1 and "not installed" in proc.stdout, proc.stderr
 
 
+FACTS = {"python": "cpython-311", "platform": "linux-x86_64", "torch": "2.13.0+cpu", "numpy": "1.26.4",
+         "cuda_toolkit": False}
+
+
+def test_wheel_cache_key_names_everything_the_build_depends_on():
+    key = install.cache_key(FACTS, b"patch", None)
+    assert key == install.cache_key(dict(reversed(FACTS.items())), b"patch", None)  # order does not matter
+    others = [install.cache_key({**FACTS, fact: value}, b"patch", None)
+              for fact, value in [("python", "cpython-312"), ("platform", "linux-aarch64"), ("torch", "2.13.0+cu128"),
+                                  ("numpy", "1.26.3"), ("cuda_toolkit", True)]]
+    others += [install.cache_key(FACTS, b"another patch", None), install.cache_key(FACTS, b"patch", b"an sdist")]
+    assert len({key, *others}) == 1 + len(others)
+
+
+def test_build_facts_of_this_environment_and_the_default_cache(monkeypatch, tmp_path):
+    import numpy
+    import torch
+
+    facts = install.build_facts(sys.executable)
+    assert (facts["torch"], facts["numpy"]) == (torch.__version__, numpy.__version__)
+    assert facts["python"] == sys.implementation.cache_tag and isinstance(facts["cuda_toolkit"], bool)
+    monkeypatch.setenv("LABO_FAIRSEQ_CACHE", str(tmp_path / "c"))
+    assert install.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("LABO_FAIRSEQ_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert install.default_cache_dir() == tmp_path / "x" / "labo-fairseq"
+
+
+def test_a_kept_wheel_is_found_and_an_unwritable_cache_only_notes_it(tmp_path, capsys):
+    wheel = tmp_path / "fairseq-0.12.2-cp311-cp311-linux_x86_64.whl"
+    wheel.write_bytes(b"wheel bytes")
+    entry = tmp_path / "cache" / "key"
+    assert install.cached_wheel(entry) is None
+    install.keep_wheel(wheel, entry)
+    assert install.cached_wheel(entry) == entry / wheel.name and (entry / wheel.name).read_bytes() == b"wheel bytes"
+    assert [p.name for p in entry.iterdir()] == [wheel.name]  # nothing left aside
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    install.keep_wheel(wheel, blocked / "key")  # the build still installs; only the cache is skipped
+    assert "note: the wheel was not kept in the cache" in capsys.readouterr().out
+
+
 def test_patch_ships_with_the_package():
     assert install.patch_file() == REPO_ROOT / "patches" / install.PATCH_NAME  # a checkout's
     hunks = install.parse_patch(install.patch_file().read_text())

@@ -154,6 +154,7 @@ def test_into_current_env_keeps_the_torch_it_finds(own_torch_env):
     python = venv / "bin" / "python"
     assert "keeping torch 2.13.0" in proc.stdout and "CUDA available: False" in proc.stdout
     assert torch_fingerprint(python) == before  # not reinstalled
+    # compiled here, or the wheel that building .venv/ kept in the cache (~/.cache/labo-fairseq)
     assert "[install_fairseq] ok: fairseq 0.12.2" in proc.stdout
     run([python, "-c", "import fairseq, labo_fairseq.criterions, tensorboardX"], cwd="/")
     # a second run finds every step done
@@ -249,7 +250,9 @@ def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
     venv = tmp_path / "env"
     python, bin_dir = venv_with_torch(venv), venv / "bin"
     run([python, "-m", "pip", "install", "-q", wheel])
-    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
+    cache = tmp_path / "cache"  # empty: labo-install-fairseq builds
+    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1",
+                    LABO_FAIRSEQ_CACHE=str(cache))
     missing = run([python, "-c", "import importlib.util as u; print([m for m in ('Cython', 'wheel', 'fairseq') "
                                  "if u.find_spec(m) is None])"], cwd=tmp_path).stdout.strip()
     assert missing == "['Cython', 'wheel', 'fairseq']"  # what install_fairseq.sh needed first
@@ -262,5 +265,11 @@ def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
     assert "installing the build requirements" in proc.stdout and "Cython" not in proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[install_fairseq] ok: fairseq 0.12.2"
     assert run([bin_dir / "labo-install-fairseq", "--check"], env=env, cwd=tmp_path).returncode == 0
+    # the built wheel was kept: installing again (as into another environment) compiles nothing
+    kept = list(cache.glob("*/fairseq-0.12.2-*.whl"))
+    assert len(kept) == 1 and f"kept the wheel for other environments: {kept[0]}" in proc.stdout
+    again = run([bin_dir / "labo-install-fairseq"], env=env, cwd=tmp_path)
+    assert f"installing the wheel built before for this Python, torch and numpy: {kept[0]}" in again.stdout
+    assert "building" not in again.stdout and again.stdout.strip().endswith("ok: fairseq 0.12.2")
     run([python, "-c", "import fairseq.options as o, fairseq.data.data_utils_fast; "
                        "assert o.bf16_implies_tpu"], cwd=tmp_path)
