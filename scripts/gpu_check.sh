@@ -11,7 +11,7 @@
 # machine needs no network), into runs/multi30k-gpu-quick; its report, experiment.json, console
 # output and wall time are copied to OUT_DIR. Runs finished by an earlier call are skipped.
 #
-# usage: bash scripts/gpu_check.sh OUT_DIR [--quick]     (--quick: one shape, fewer updates)
+# usage: bash scripts/gpu_check.sh OUT_DIR [--quick]     (--quick: one shape, one vocabulary, fewer updates)
 #        bash scripts/gpu_check.sh OUT_DIR --quality [RAW_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,10 @@ fi
 
 status=0
 echo "== tests on CUDA"
-$PY -m pytest -q -x tests/functional tests/criterions/test_label_smoothed_labo.py 2>&1 | tee "$out/tests.txt" | tail -n 5
+# several workers compile the Triton kernels' configurations in parallel (pytest-xdist, if there)
+workers=(); $PY -c "import xdist" 2>/dev/null && workers=(-n 8)
+timeout 200 $PY -m pytest -q -x -p no:cacheprovider "${workers[@]}" tests/functional \
+    tests/criterions/test_label_smoothed_labo.py 2>&1 | tee "$out/tests.txt" | tail -n 5
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 
 echo "== compile report and roofline model (predictions, for comparison with the timings below)"
@@ -67,9 +70,9 @@ $PY scripts/bench_loss.py --device cuda --shapes "${shapes[@]}" --json "$out/ben
     | tee "$out/bench_loss.txt" | grep -v '^#' || status=1
 
 echo "== fairseq-train"
-updates=300; [[ $quick == --quick ]] && updates=100
+updates=300 vocab=(8000 32000); [[ $quick == --quick ]] && updates=100 vocab=(32000)
 for precision in fp16 bf16; do
-    $PY scripts/bench_train.py --device cuda --precision "$precision" --vocab 8000 32000 --max-tokens 8192 \
+    $PY scripts/bench_train.py --device cuda --precision "$precision" --vocab "${vocab[@]}" --max-tokens 8192 \
         --layers 6 --dim 512 --updates "$updates" --repeats 1 --out "$out/bench_train.$precision.json" 2>&1 \
         | tee "$out/bench_train.$precision.txt" | grep -v '^#' || status=1
 done

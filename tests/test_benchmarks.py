@@ -127,3 +127,19 @@ def test_bench_train_argument_errors_are_one_line(args, message):
     proc = run(BENCH_TRAIN, *args)
     assert proc.returncode == 2
     assert message in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_bench_train_cuda_worker_trains_with_the_plugin(toy_data_bin, tmp_path):
+    """The worker that --device cuda runs fairseq-train in (to read the allocator's peak) imports
+    labo_fairseq before fairseq, which makes fairseq's --user-dir skip it: the worker registers the
+    criterion itself. Run here on the CPU, where it needs no GPU."""
+    from tests.toy import TINY_TRANSFORMER_ARGS, USER_DIR
+
+    worker = REPO_ROOT / "labo_fairseq" / "benchmarks" / "train.py"
+    proc = subprocess.run([sys.executable, worker, "--fairseq-train-worker", toy_data_bin, "--cpu",
+                           *TINY_TRANSFORMER_ARGS, "--user-dir", USER_DIR, "--criterion", "label_smoothed_labo",
+                           "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500",
+                           "--max-update", "2", "--no-save", "--disable-validation", "--save-dir", tmp_path],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "num_updates 2" in proc.stdout + proc.stderr

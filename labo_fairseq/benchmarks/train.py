@@ -63,6 +63,9 @@ def fairseq_train_worker(argv) -> None:
     import torch
     from fairseq_cli.train import cli_main
 
+    # this module imported labo_fairseq before fairseq, so --user-dir would skip it: register here
+    from labo_fairseq import register_with_fairseq
+    register_with_fairseq()
     sys.argv = ["fairseq-train", *argv]
     cli_main()
     if torch.cuda.is_available():

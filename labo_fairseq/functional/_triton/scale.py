@@ -21,7 +21,7 @@ def scale_unless_one_kernel(x_ptr, row_stride, n_cols, scale_ptr, BLOCK: tl.cons
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ptrs = x_ptr + row * row_stride + cols
         x = tl.load(ptrs, mask=cols < n_cols)
-        tl.store(ptrs, (x.to(tl.float32) * scale).to(x_ptr.dtype.element_ty), mask=cols < n_cols)
+        tl.store(ptrs, (x.to(scale.dtype) * scale).to(x_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
 def scale_unless_one_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,7 @@ def scale_unless_one_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return x
     view = x if x.dim() == 2 and x.stride(-1) == 1 else x.view(1, -1)
     rows, cols = view.shape
-    scale = scale.reshape(1).to(torch.float32)
+    # multiplied in float32, or in float64 for a float64 gradient (float32 would cost it 8 digits)
+    scale = scale.reshape(1).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     scale_unless_one_kernel[(rows, triton.cdiv(cols, BLOCK))](view, view.stride(0), cols, scale, BLOCK=BLOCK)
     return x

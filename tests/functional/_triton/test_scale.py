@@ -24,3 +24,11 @@ def test_scales_rows_of_a_strided_matrix_and_flat_tensors_unless_one(dtype):
     want = (flat.float() * 3.0).to(dtype)
     scale_unless_one_(flat, torch.tensor([3.0], device=DEVICE))
     torch.testing.assert_close(flat, want)
+
+
+def test_a_float64_gradient_is_scaled_in_float64():
+    # a scale with no exact float32 value (a mean's 1/3): float32 arithmetic would be off by ~1e-8
+    x = torch.randn(4, BLOCK + 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
+    want = x * (1 / 3)
+    scale_unless_one_(x, torch.tensor(1 / 3, dtype=torch.float64, device=DEVICE))
+    torch.testing.assert_close(x, want, rtol=1e-15, atol=0)
