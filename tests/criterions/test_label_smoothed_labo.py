@@ -144,6 +144,7 @@ def test_reduce_false_sums_to_reduce_true(labo):
 
 def test_padded_batch_loss_is_sum_of_single_sentence_losses(labo):
     task, model, criterion = labo
+    task.load_dataset("valid")  # not left to an earlier test: another xdist worker may have run it
     dataset = task.dataset("valid")
     ids = [0, 1, 2, 3]
     batch = dataset.collater([dataset[i] for i in ids])
