@@ -143,3 +143,31 @@ def test_bench_train_cuda_worker_trains_with_the_plugin(toy_data_bin, tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "num_updates 2" in proc.stdout + proc.stderr
+
+
+def test_bench_train_keeps_the_cuda_peak_across_fairseqs_resets():
+    """fairseq resets the allocator's peak statistics after every update; the benchmark's peak is
+    the largest over the whole run, not the one after the last update."""
+    from labo_fairseq.benchmarks.train import PeaksAcrossResets
+
+    class FakeCuda:
+        def __init__(self):
+            self.peak_allocated, self.peak_reserved, self.resets = 0, 0, 0
+
+        def max_memory_allocated(self):
+            return self.peak_allocated
+
+        def max_memory_reserved(self):
+            return self.peak_reserved
+
+        def reset_peak_memory_stats(self):
+            self.resets += 1
+            self.peak_allocated = self.peak_reserved = 0
+
+    cuda = FakeCuda()
+    peaks = PeaksAcrossResets(cuda)
+    for allocated in (300, 900, 500):  # three updates, fairseq resetting after each
+        cuda.peak_allocated, cuda.peak_reserved = allocated, 2 * allocated
+        cuda.reset_peak_memory_stats()
+    cuda.peak_allocated, cuda.peak_reserved = 100, 200  # after the last update
+    assert peaks.peaks() == (900, 1800) and cuda.resets == 3

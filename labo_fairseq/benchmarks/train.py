@@ -58,6 +58,29 @@ PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "amp": ["
 PEAK_TAG = "bench_train peak CUDA memory:"
 
 
+class PeaksAcrossResets:
+    """The CUDA allocator's peak allocated and reserved bytes over a whole run. fairseq's trainer
+    resets the peak statistics after every update (to log gb_free), so the peak read at the end
+    covers only what ran after the last update; this records the peaks before each reset."""
+
+    def __init__(self, cuda):
+        self.cuda, self.allocated, self.reserved = cuda, 0, 0
+        self._reset = cuda.reset_peak_memory_stats
+        cuda.reset_peak_memory_stats = self._recording_reset
+
+    def _recording_reset(self, *args, **kwargs):
+        self._record()
+        return self._reset(*args, **kwargs)
+
+    def _record(self) -> None:
+        self.allocated = max(self.allocated, self.cuda.max_memory_allocated())
+        self.reserved = max(self.reserved, self.cuda.max_memory_reserved())
+
+    def peaks(self):
+        self._record()
+        return self.allocated, self.reserved
+
+
 def fairseq_train_worker(argv) -> None:
     """fairseq-train in this process, then the CUDA allocator's peak, which only this process can read."""
     import torch
@@ -66,11 +89,13 @@ def fairseq_train_worker(argv) -> None:
     # this module imported labo_fairseq before fairseq, so --user-dir would skip it: register here
     from labo_fairseq import register_with_fairseq
     register_with_fairseq()
+    peaks = PeaksAcrossResets(torch.cuda) if torch.cuda.is_available() else None
     sys.argv = ["fairseq-train", *argv]
     cli_main()
-    if torch.cuda.is_available():
-        print(f"{PEAK_TAG} allocated={torch.cuda.max_memory_allocated()} "
-              f"reserved={torch.cuda.max_memory_reserved()} device={torch.cuda.get_device_name()}", flush=True)
+    if peaks is not None:
+        allocated, reserved = peaks.peaks()
+        print(f"{PEAK_TAG} allocated={allocated} reserved={reserved} device={torch.cuda.get_device_name()}",
+              flush=True)
 
 
 def criterion_has_impl_flag() -> bool:
