@@ -9,10 +9,10 @@ labo-unfused, ls, ... Reported per variant (median over repeats):
   - words/s: mean of fairseq's `wps` over the train_inner lines after the first (start-up and
     the first updates excluded);
   - peak RSS: the fairseq-train process's maximum resident set size (getrusage of the child).
-  - on CUDA (--device cuda), also peak GPU memory: torch.cuda.max_memory_allocated() of the
-    training process, printed when fairseq's cli_main returns (fairseq-train runs through this
-    script's small wrapper so that the allocator's peak can be read; one GPU,
-    --distributed-world-size 1). --precision passes --fp16, --bf16 or --amp to fairseq-train.
+  - on CUDA (--device cuda), also peak GPU memory: the largest torch.cuda.max_memory_allocated()
+    (and _reserved) of the training process, kept across the resets fairseq makes after every
+    update (fairseq-train runs through this script's small wrapper so that the allocator can be
+    read; one GPU, --distributed-world-size 1). --precision passes --fp16, --bf16 or --amp to fairseq-train.
 Ratios are against label_smoothed_cross_entropy measured in the same run. The labo-*-torch and
 labo-*-triton variants add --labo-impl and exist only when the criterion has that flag.
 
