@@ -17,9 +17,9 @@ Steps, one line each on the console:
 
 The wheel is kept in a cache (--cache-dir, default $LABO_FAIRSEQ_CACHE or
 ~/.cache/labo-fairseq) under a key of everything it was compiled from and against: the patch,
-the sdist, the Python, the platform, torch, numpy and whether a CUDA toolkit was found. Another
-environment with the same key installs that wheel instead of compiling (steps 2 to 4);
---no-cache always builds.
+the sdist, the Python, the platform, torch, numpy, and whether a CUDA toolkit was found and for
+which GPU architectures it compiles. Another environment with the same key installs that wheel
+instead of compiling (steps 2 to 4); --no-cache always builds.
 
 It also holds the check every command that needs fairseq makes first (require_fairseq): cheap,
 it reads two small files and imports nothing of fairseq or torch.
@@ -27,8 +27,8 @@ it reads two small files and imports nothing of fairseq or torch.
 import argparse
 import hashlib
 import importlib.metadata
-import json
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -273,12 +273,15 @@ def verify(python: str, patch: Path) -> str:
 
 # What a compiled fairseq depends on, read in the target environment: its Python and platform,
 # the torch and numpy its extensions were compiled against, and whether a CUDA toolkit was found
-# (fairseq then also compiles its CUDA kernels).
-_BUILD_FACTS = """import json, sys, sysconfig, numpy, torch
+# (fairseq then also compiles its CUDA kernels, for TORCH_CUDA_ARCH_LIST or else the GPUs seen).
+_BUILD_FACTS = """import json, os, sys, sysconfig, numpy, torch
 from torch.utils import cpp_extension
+toolkit = cpp_extension.CUDA_HOME is not None
+arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or [
+    list(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
 print(json.dumps({"python": sys.implementation.cache_tag, "platform": sysconfig.get_platform(),
                   "torch": torch.__version__, "numpy": numpy.__version__,
-                  "cuda_toolkit": cpp_extension.CUDA_HOME is not None}))"""
+                  "cuda_toolkit": toolkit, "cuda_arch": arch if toolkit else None}))"""
 
 
 def default_cache_dir() -> Path:

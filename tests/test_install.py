@@ -128,7 +128,7 @@ def test_install_script_is_a_wrapper_of_the_command(tmp_path):
 
 
 FACTS = {"python": "cpython-311", "platform": "linux-x86_64", "torch": "2.13.0+cpu", "numpy": "1.26.4",
-         "cuda_toolkit": False}
+         "cuda_toolkit": True, "cuda_arch": [[9, 0]]}
 
 
 def test_wheel_cache_key_names_everything_the_build_depends_on():
@@ -136,7 +136,7 @@ def test_wheel_cache_key_names_everything_the_build_depends_on():
     assert key == install.cache_key(dict(reversed(FACTS.items())), b"patch", None)  # order does not matter
     others = [install.cache_key({**FACTS, fact: value}, b"patch", None)
               for fact, value in [("python", "cpython-312"), ("platform", "linux-aarch64"), ("torch", "2.13.0+cu128"),
-                                  ("numpy", "1.26.3"), ("cuda_toolkit", True)]]
+                                  ("numpy", "1.26.3"), ("cuda_toolkit", False), ("cuda_arch", [[8, 0]])]]
     others += [install.cache_key(FACTS, b"another patch", None), install.cache_key(FACTS, b"patch", b"an sdist")]
     assert len({key, *others}) == 1 + len(others)
 
