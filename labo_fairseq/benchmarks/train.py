@@ -86,9 +86,9 @@ def fairseq_train_worker(argv) -> None:
     import torch
     from fairseq_cli.train import cli_main
 
-    # this module imported labo_fairseq before fairseq, so --user-dir would skip it: register here
-    from labo_fairseq import register_with_fairseq
-    register_with_fairseq()
+    # this module imported labo_fairseq before fairseq, so --user-dir would skip it: importing
+    # these after fairseq registers them (as labo_fairseq.register_with_fairseq does)
+    from labo_fairseq import criterions, optim, tasks  # noqa: F401
     peaks = PeaksAcrossResets(torch.cuda) if torch.cuda.is_available() else None
     sys.argv = ["fairseq-train", *argv]
     cli_main()
