@@ -255,7 +255,6 @@ args = ["--labo-chunk-size", "0"]
 def test_tiny_pipeline_end_to_end_skips_finished_runs_then_grows_into_a_parallel_grid(toy_data_bin, tmp_path):
     # one experiment serves the whole life of a recipe: trained, skipped, evaluated again, then
     # grown into a grid that trains its new runs 2 at a time next to a failing one
-
     recipe = write_recipe(tmp_path / "tiny.toml", toy_data_bin, LS_AND_LABO, max_update=16,
                           average_last=2)  # 16 updates = 2 epochs of 8 batches
     out = tmp_path / "exp"
