@@ -5,7 +5,8 @@ The torch already installed for the tests stands in for the user's CUDA torch: a
 environment gets it, with what it requires, as hard links to the files of this environment's
 installation (what `pip install torch==2.13.0` would write, without unpacking a wheel of 800 MB
 again; pip removing or replacing it would only unlink the copies). One such environment costs
-the pinned requirements and one fairseq build (a few minutes, shared by the tests of this module).
+the pinned requirements and the fairseq wheel that building .venv/ kept in the cache, or one
+fairseq build (a few minutes, shared by the tests of this module).
 """
 import importlib.metadata
 import json
@@ -246,9 +247,10 @@ def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
     """The wheel alone, in an environment with only torch: the commands that run fairseq stop at once
     and name labo-install-fairseq, which installs its build requirements, downloads the fairseq
     sdist, applies the patch it ships and installs it (the compiled wheel is shared through the
-    cache with the environment that `make` built, whose patch is the same bytes). Before: labo-prepare tokenised and learned
-    BPE and then failed on "fairseq-preprocess not found", and labo-evaluate named
-    scripts/install_fairseq.sh, which the wheel does not ship (and which needed cython and wheel)."""
+    cache with the environment that `make` built, whose patch is the same bytes). Before:
+    labo-prepare tokenised and learned BPE and then failed on "fairseq-preprocess not found", and
+    labo-evaluate named scripts/install_fairseq.sh, which the wheel does not ship (and which needed
+    cython and wheel)."""
     venv = tmp_path / "env"
     python, bin_dir = venv_with_torch(venv), venv / "bin"
     run([python, "-m", "pip", "install", "-q", wheel])
