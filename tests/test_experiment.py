@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -388,6 +389,28 @@ def test_interrupted_pipeline_stops_its_children_shows_progress_and_resumes(toy_
         loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]
         assert len(loaded) == 2 and "@ 0 updates" not in loaded[-1] and "num_updates 300" in log
     assert json.loads((out / "experiment.json").read_text())["runs"] == {name: "done" for name in names}
+
+
+def test_reading_and_planning_a_labo_recipe_imports_no_torch(toy_data_bin, tmp_path):
+    # a dry run, a refusal or a re-run with nothing to train takes a fraction of a second, not
+    # the seconds of importing torch
+    recipe = write_recipe(tmp_path / "r.toml", toy_data_bin, LS_AND_LABO)
+    code = ("import sys; from labo_fairseq.experiment import load_recipe, plan_runs; "
+            "from labo_fairseq.experiment.runner import gpu_slots; "
+            f"from pathlib import Path; plan_runs(load_recipe(Path({str(recipe)!r})), Path({str(tmp_path / 'exp')!r})); "
+            "assert gpu_slots(1) == [None]; print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_parallel_runs_take_the_visible_gpus_in_turn(monkeypatch):
+    from labo_fairseq.experiment.runner import gpu_slots
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 1")
+    assert gpu_slots(3) == ["0", "1", "0"]
+    assert gpu_slots(1) == [None]  # one run at a time inherits the environment
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert gpu_slots(2) == [None, None]
 
 
 def test_output_directory_is_locked_while_a_pipeline_uses_it(tmp_path):

@@ -13,7 +13,7 @@ from tests.toy import REPO_ROOT
 PACKAGE = "labo_fairseq"
 # bottom first; "" is the package itself (labo_fairseq/__init__.py, what fairseq's --user-dir loads)
 FLOORS: List[Tuple[str, Set[str]]] = [
-    ("foundation", {"errors", "procs", "functional", "online_label_smoothing", "sam"}),
+    ("foundation", {"errors", "procs", "labo_scalars", "functional", "online_label_smoothing", "sam"}),
     ("helpers", {"arguments", "textfiles", "locks", "checkpoints", "install", "nn", "fairseq_utils"}),
     ("fairseq and Transformers adapters", {"criterions", "optim", "tasks", "hf"}),
     ("tools", {"data_prep", "evaluation", "benchmarks"}),

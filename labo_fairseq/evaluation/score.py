@@ -1,8 +1,9 @@
 """Scores of a translated test set, computed the way the field reports them.
 
-- `bleu`: tokenized BLEU exactly as `fairseq-generate` prints it (`BLEU4 = ...`): fairseq's own
-  scorer on whitespace tokens of the post-processed (subwords removed) hypothesis and reference,
-  the number IWSLT'14 papers quote.
+- `bleu`: tokenized BLEU exactly as `fairseq-generate` prints it (`BLEU4 = ...`): fairseq's
+  scorer (reproduced in `tokenized_bleu`, so that scoring imports neither torch nor fairseq) on
+  whitespace tokens of the post-processed (subwords removed) hypothesis and reference, the number
+  IWSLT'14 papers quote.
 - `sacrebleu`, `chrf`, `ter`: sacreBLEU's metrics on the Moses-detokenized hypothesis against the
   *raw* reference (the test set's target text as published, recorded by data preparation in
   `prepare.json`), so the numbers compare with anyone's sacreBLEU. When the data was lowercased
@@ -27,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 from labo_fairseq.errors import run_command
 from labo_fairseq.evaluation.databin import reference_for, split_size
 from labo_fairseq.evaluation.errors import EvaluationError, read_parallel
+from labo_fairseq.evaluation.tokenized_bleu import tokenized_bleu
 from labo_fairseq.textfiles import read_lines, write_json_atomic, write_text_atomic
 
 SCORES_FILE = "scores.json"
@@ -110,34 +112,6 @@ def parse_generate_output(text: str, origin: str = "generate output", expected: 
         bleu_line=bleu_line,
         has_target=bool(references),
     )
-
-
-def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
-    """fairseq's BLEU on whitespace tokens, as fairseq-generate and fairseq-score compute it.
-
-    A fresh fairseq Dictionary maps tokens to ids, as fairseq-score does; only token equality
-    matters, so this equals fairseq-generate's scoring with the model's dictionary, including
-    its quirks: reference `<unk>` never matches, and an empty line counts as one token (</s>).
-    """
-    if len(hypotheses) != len(references) or not hypotheses:
-        raise EvaluationError(f"tokenized BLEU needs equally many (>0) hypotheses and references, "
-                              f"got {len(hypotheses)} and {len(references)}")
-    from fairseq.data import Dictionary  # noqa: WPS433  (import is slow; only needed here)
-    from fairseq.scoring import bleu
-
-    dictionary = Dictionary()
-    scorer = bleu.Scorer(bleu.BleuConfig(pad=dictionary.pad(), eos=dictionary.eos(), unk=dictionary.unk()))
-    for hyp, ref in zip(hypotheses, references):
-        scorer.add(dictionary.encode_line(ref, add_if_not_exist=True),
-                   dictionary.encode_line(hyp, add_if_not_exist=True))
-    return {
-        "score": scorer.score(),
-        "precisions": [float(p * 100) for p in scorer.precision()],
-        "bp": scorer.brevity(),
-        "sys_len": int(scorer.stat.predlen),
-        "ref_len": int(scorer.stat.reflen),
-        "string": scorer.result_string(),
-    }
 
 
 def detokenize(lines: Sequence[str], lang: str) -> List[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.errors import UserError
+from labo_fairseq.labo_scalars import TAU_MIN
 from labo_fairseq.evaluation.runs import (BEST_CHECKPOINT, LAST_CHECKPOINT, encode_hyperparameter,
                                           format_hyperparameter)
 
@@ -99,8 +100,6 @@ def _number_list(entry: dict, key: str, default, where: str, check, rule: str, a
 
 def _taus(entry: dict, where: str) -> List[float]:
     """entry["tau"]: >= the LABO op's TAU_MIN, or inf (the criterion's own rule)."""
-    from labo_fairseq.functional import TAU_MIN  # imports torch: only for recipes with a LABO method
-
     return _number_list(entry, "tau", 1.25, where, lambda t: t >= TAU_MIN, f'a number >= {TAU_MIN:g} or "inf"',
                         allow_inf=True)
 

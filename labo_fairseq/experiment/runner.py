@@ -65,6 +65,8 @@ def refuse_runs_with_live_jobs(runs: Sequence[RunPlan]) -> None:
 def gpu_slots(jobs: int) -> List[Optional[str]]:
     """CUDA_VISIBLE_DEVICES value for each of `jobs` worker slots: round-robin over the visible
     GPUs when there are several, else None (inherit the environment)."""
+    if jobs < 2:  # nothing to share out, and no torch import (seconds) to count GPUs
+        return [None] * jobs
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         devices = [d.strip() for d in visible.split(",") if d.strip()]

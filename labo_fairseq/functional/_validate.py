@@ -6,10 +6,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from labo_fairseq.labo_scalars import TAU_MIN
+
 REDUCTIONS = ("sum", "mean", "none")
-# Below this, 1/tau overflows float32 long before q differs from a one-hot on the largest
-# non-gold logit; such tau would only produce NaN.
-TAU_MIN = 1e-4
 
 
 def check_scalars(alpha, tau, reduction, chunk_size) -> Tuple[float, float]:
