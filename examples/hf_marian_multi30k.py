@@ -21,22 +21,21 @@ The GPU is used when there is one (--cpu forces the CPU).
 import argparse
 import gzip
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 from labo_fairseq.arguments import positive_int
-from labo_fairseq.hf.collate import seq2seq_collator
+from labo_fairseq.errors import UserError, run_command
+from labo_fairseq.evaluation.runs import encode_hyperparameter, format_hyperparameter
+from labo_fairseq.labo_scalars import TAU_MIN
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 METHODS = ("ls", "labo")
 PAD, UNK, EOS = 0, 1, 2  # sentencepiece ids; Marian starts decoding with the pad id
-
-
-class UsageError(Exception):
-    """Bad input from the command line: reported as one line, exit status 2."""
 
 
 def parse_args(argv=None):
@@ -81,8 +80,8 @@ def parse_args(argv=None):
         p.error(f"--methods: unknown method {bad[0] if bad else '(none)'!r} (choose from {', '.join(METHODS)})")
     if not 0.0 <= args.alpha < 1.0:
         p.error(f"--alpha must be in [0, 1), got {args.alpha}")
-    if not args.tau > 0:
-        p.error(f"--tau must be > 0 (or inf), got {args.tau}")
+    if not args.tau >= TAU_MIN:  # NaN fails this too
+        p.error(f"--tau must be >= {TAU_MIN:g} (or inf), got {args.tau}")
     return args
 
 
@@ -92,7 +91,7 @@ def read_split(data_dir: Path, split: str, lang: str):
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt", encoding="utf-8") as f:
                 return [line.rstrip("\n") for line in f], path
-    raise UsageError(f"--data-dir {data_dir}: no {split}.{lang}.gz or {split}.{lang}")
+    raise UserError(f"--data-dir {data_dir}: no {split}.{lang}.gz or {split}.{lang}")
 
 
 def read_pairs(args, split, limit=None):
@@ -100,7 +99,7 @@ def read_pairs(args, split, limit=None):
     src, src_path = read_split(data_dir, split, args.src)
     tgt, tgt_path = read_split(data_dir, split, args.tgt)
     if len(src) != len(tgt):
-        raise UsageError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
+        raise UserError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
     return src[:limit], tgt[:limit], tgt_path
 
 
@@ -141,7 +140,7 @@ def build_model(args, vocab_size):
 def train(args, method, model, dataset, out_dir: Path):
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from labo_fairseq.hf import LaboSeq2SeqTrainer
+    from labo_fairseq.hf import LaboSeq2SeqTrainer, seq2seq_collator
 
     vocab = model.config.vocab_size
     training_args = Seq2SeqTrainingArguments(
@@ -194,15 +193,15 @@ def score_translations(hypotheses, references, sources, args, ref_path, out_dir:
 
 
 def run(args):
-    import torch
-
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {out} exists and is not an empty directory")
+        raise UserError(f"--out {out} exists and is not an empty directory")
     if not Path(args.data_dir).is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a directory (Multi30k's raw files go there)")
+        raise UserError(f"--data-dir {args.data_dir} is not a directory (Multi30k's raw files go there)")
     train_src, train_tgt, _ = read_pairs(args, "train", args.max_train)
     test_src, test_tgt, test_path = read_pairs(args, args.test_set, args.max_test)
+    import torch  # after the checks: bad input is refused at once, not after seconds of imports
+
     out.mkdir(parents=True, exist_ok=True)
     sp = train_sentencepiece(train_src + train_tgt, args.vocab_size, out / "spm")
     dataset = [{"input_ids": s, "labels": t} for s, t in zip(encode(sp, train_src, args.max_len),
@@ -219,9 +218,10 @@ def run(args):
         (method_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         hypotheses = translate(model, sp, test_src, args)
         scores = score_translations(hypotheses, test_tgt, test_src, args, test_path, method_dir / "eval" / "test")
-        tau = "inf" if method == "ls" else str(args.tau)
-        info = {"method": method, "label": "LS" if method == "ls" else f"LABO τ={tau}", "seed": args.seed,
-                "label_smoothing": args.alpha, "tau": tau, "framework": "transformers",
+        tau = math.inf if method == "ls" else args.tau
+        info = {"method": method, "label": "LS" if method == "ls" else f"LABO τ={format_hyperparameter(tau)}",
+                "seed": args.seed, "label_smoothing": args.alpha, "tau": encode_hyperparameter(tau),
+                "framework": "transformers",
                 "fused": method == "labo" and not args.no_fused, "train_seconds": round(seconds, 1),
                 "stop_update": args.tsla_stop if method == "labo" else None}
         (method_dir / "run.json").write_text(json.dumps(info, indent=1, ensure_ascii=False))
@@ -242,11 +242,7 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally
-    try:
-        return run(args)
-    except UsageError as exc:
-        print(f"hf_marian_multi30k.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("hf_marian_multi30k.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,21 @@ def train(data_bin: Path, save_dir: Path, criterion_args, max_update=10, extra=(
     return run_cli(args, cwd=cwd)
 
 
+def fairseq_train_runs(runs, timeout=300):
+    """[(args, cwd)] -> [CompletedProcess] of `fairseq-train ARGS` run in cwd, one after another in
+    a single Python process (tests/fairseq_train_batch.py): for refusals, which fail in a moment
+    after seconds of importing fairseq."""
+    import json
+
+    request = json.dumps([{"argv": [str(a) for a in args], "cwd": str(cwd or REPO_ROOT)} for args, cwd in runs])
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fairseq_train_batch.py")], input=request,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [subprocess.CompletedProcess(["fairseq-train", *map(str, args)], r["returncode"], r["stdout"], r["stderr"])
+            for (args, _), r in zip(runs, json.loads(proc.stdout))]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

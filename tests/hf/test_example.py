@@ -44,7 +44,7 @@ def test_example_trains_both_methods_and_writes_scores(tmp_path):
         hyp = (out / method / "eval" / "test" / "hyp.txt").read_text().splitlines()
         assert len(hyp) == 20
         run = json.loads((out / method / "run.json").read_text())
-        assert run["method"] == method and run["tau"] == ("inf" if method == "ls" else "1.25")
+        assert run["method"] == method and run["tau"] == ("inf" if method == "ls" else 1.25)  # as the pipeline's
         log = json.loads((out / method / "train_log.json").read_text())
         assert any("loss" in entry for entry in log)
     labo_log = json.loads((out / "labo" / "train_log.json").read_text())
@@ -58,6 +58,8 @@ def test_example_help_and_bad_input(tmp_path):
     assert _run("--help").returncode == 0
     bad = _run("--out", str(tmp_path / "o"), "--methods", "ls,nope")
     assert bad.returncode == 2 and "--methods: unknown method 'nope'" in bad.stderr
+    tiny_tau = _run("--out", str(tmp_path / "o"), "--tau", "1e-9")  # the LABO op's own rule
+    assert tiny_tau.returncode == 2 and "--tau must be >= 0.0001 (or inf), got 1e-09" in tiny_tau.stderr
     missing = _run("--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "absent"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert f"--data-dir {tmp_path / 'absent'} is not a directory" in missing.stderr

@@ -2,17 +2,21 @@
 
 import pytest
 
-from tests.toy import TINY_TRANSFORMER_ARGS, USER_DIR, run_cli, train_inner, train_two_gloo_workers
+from tests.toy import (TINY_TRANSFORMER_ARGS, USER_DIR, fairseq_train_runs, run_cli, train_inner,
+                       train_two_gloo_workers)
 
 IVON = ["--user-dir", USER_DIR, "--task", "translation_ivon", "--optimizer", "ivon", "--lr", "0.1"]
 
 
+def ivon_args(data_bin, save_dir, *extra, max_update=10):
+    """fairseq-train's arguments for tests.toy.train's tiny transformer, with IVON instead of Adam."""
+    return [data_bin, "--cpu", *TINY_TRANSFORMER_ARGS, *IVON, "--max-tokens", "500", "--max-update", str(max_update),
+            "--save-dir", save_dir, "--seed", "1", "--log-format", "simple", "--log-interval", "1",
+            "--no-progress-bar", "--no-epoch-checkpoints", *extra]
+
+
 def ivon_train(data_bin, save_dir, *extra, max_update=10, check=True):
-    """tests.toy.train's tiny transformer, with IVON instead of Adam."""
-    args = ["fairseq-train", data_bin, "--cpu", *TINY_TRANSFORMER_ARGS, *IVON, "--max-tokens", "500",
-            "--max-update", str(max_update), "--save-dir", save_dir, "--seed", "1", "--log-format", "simple",
-            "--log-interval", "1", "--no-progress-bar", "--no-epoch-checkpoints", *extra]
-    return run_cli(args, check=check)
+    return run_cli(["fairseq-train", *ivon_args(data_bin, save_dir, *extra, max_update=max_update)], check=check)
 
 
 def test_ivon_with_labo_lowers_the_loss_logs_diagnostics_and_generates(toy_data_bin, tmp_path):
@@ -49,7 +53,7 @@ def _flag_error(proc):
     return [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
 
 
-@pytest.mark.parametrize("flags,message", [
+REFUSED_FLAGS = [
     (["--ivon-ess", "0"], "--ivon-ess must be > 0 (or left unset), got 0.0"),
     (["--ivon-mc-samples", "0"], "--ivon-mc-samples must be >= 1, got 0"),
     (["--ivon-beta2", "1"], "--ivon-beta2 must be in [0, 1), got 1.0"),
@@ -58,23 +62,43 @@ def _flag_error(proc):
     (["--task", "translation"], "--optimizer ivon needs its weight samples drawn around forward and backward: "
                                 "use --task translation_ivon"),
     (["--optimizer", "adam"], "--task translation_ivon samples weights for --optimizer ivon, not --optimizer adam"),
-])
-def test_invalid_flags_are_one_line_errors(toy_data_bin, tmp_path, flags, message):
-    proc = ivon_train(toy_data_bin, tmp_path / "ckpt", "--no-save", *flags, max_update=1, check=False)
+]
+
+
+def another_optimizer_args(data_bin, no_save):
+    return [data_bin, "--cpu", *TINY_TRANSFORMER_ARGS, "--user-dir", USER_DIR, "--task", "translation_ivon",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500", "--max-update", "2", "--no-progress-bar",
+            *(["--no-save"] if no_save else [])]
+
+
+@pytest.fixture(scope="module")
+def refusals(toy_data_bin, tmp_path_factory):
+    """fairseq-train's answers to this module's refused flags, run in one process: {case: (proc, directory)}."""
+    root = tmp_path_factory.mktemp("ivon-refusals")
+    cases = {tuple(flags): ([*ivon_args(toy_data_bin, root / f"ckpt{i}", "--no-save", *flags, max_update=1)], root)
+             for i, (flags, _) in enumerate(REFUSED_FLAGS)}
+    for no_save in (True, False):
+        workdir = root / f"work-no-save-{no_save}"
+        workdir.mkdir()
+        cases[("another optimizer", no_save)] = (another_optimizer_args(toy_data_bin, no_save), workdir)
+    procs = fairseq_train_runs(list(cases.values()))
+    return {case: (proc, cwd) for (case, (_, cwd)), proc in zip(cases.items(), procs)}
+
+
+@pytest.mark.xdist_group("ivon-refusals")  # one worker runs the batch of refusals once
+@pytest.mark.parametrize("flags,message", REFUSED_FLAGS)
+def test_invalid_flags_are_one_line_errors(refusals, flags, message):
+    proc, _ = refusals[tuple(flags)]
     # 2: refused, nothing produced
     assert proc.returncode == 2 and _flag_error(proc) == [f"fairseq-train: error: {message}"], proc.stderr[-3000:]
 
 
+@pytest.mark.xdist_group("ivon-refusals")
 @pytest.mark.parametrize("no_save", [True, False])
-def test_another_optimizer_is_refused_before_the_data_is_read(toy_data_bin, tmp_path, no_save):
+def test_another_optimizer_is_refused_before_the_data_is_read(refusals, no_save):
     """--optimizer adam used to fail at the first update only, after reading the data, and to
     leave checkpoints/crash.pt in the working directory even with --no-save."""
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    args = ["fairseq-train", toy_data_bin, "--cpu", *TINY_TRANSFORMER_ARGS, "--user-dir", USER_DIR,
-            "--task", "translation_ivon", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500",
-            "--max-update", "2", "--no-progress-bar", *(["--no-save"] if no_save else [])]
-    proc = run_cli(args, cwd=workdir, check=False)
+    proc, workdir = refusals[("another optimizer", no_save)]
     assert proc.returncode == 2 and _flag_error(proc) == [
         "fairseq-train: error: --task translation_ivon samples weights for --optimizer ivon, not --optimizer adam"
     ], proc.stderr[-3000:]
