@@ -382,8 +382,10 @@ def test_interrupted_pipeline_stops_its_children_shows_progress_and_resumes(toy_
                r"(; labo-a0\.1-tau1\.25-seed[12] update \d+/300)*; \d+(m\d\ds|s) elapsed(; training left about \S+)?")
     assert lines and all(re.fullmatch(pattern, line) for line in lines), lines
 
+    torn = out / names[0] / "checkpoints" / "checkpoint_9_99.pt.tmp"  # a save that a kill cut short
+    torn.write_bytes(b"PK")
     result = run_experiment(recipe, out)
-    assert result.stdout.count("resuming") == 2
+    assert result.stdout.count("resuming") == 2 and not torn.exists()
     for name in names:
         log = (out / name / "train.log").read_text()
         loaded = [line for line in log.splitlines() if "Loaded checkpoint" in line]

@@ -39,6 +39,13 @@ def evaluate_run(recipe: Recipe, run: RunPlan, checkpoint: Path, subsets: Sequen
     write_json_atomic(run.run_dir / EVAL_DONE, record)
 
 
+def remove_torn_saves(run: RunPlan) -> None:
+    """Removes the CHECKPOINT.pt.tmp files of the run's earlier training, saves a kill cut short:
+    fairseq writes each checkpoint aside and renames it, so they are never a checkpoint."""
+    for torn in run.checkpoints.glob("*.pt.tmp"):
+        torn.unlink(missing_ok=True)
+
+
 def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: ChildProcesses,
                 stream: bool = True, env: Optional[Dict[str, str]] = None) -> str:
     """Trains (or resumes) and evaluates one run; returns "done" or "skipped"."""
@@ -54,6 +61,7 @@ def execute_run(recipe: Recipe, run: RunPlan, subsets: Sequence[str], children: 
     write_text_atomic(run.run_dir / COMMAND_FILE, shlex.join(command) + "\n")
     if not trained:
         resuming = (run.checkpoints / LAST_CHECKPOINT).exists()
+        remove_torn_saves(run)
         if stream:
             doing = f"training further ({extended})" if extended else "resuming" if resuming else "training"
             say(f"{run.name}: {doing} ({run.method.label}, seed {run.seed}); log: {run.run_dir / TRAIN_LOG}")
