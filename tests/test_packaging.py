@@ -199,30 +199,6 @@ tau = 1.25
     return path
 
 
-def test_installed_wheel_runs_the_pipeline(own_torch_env, wheel, toy_data_bin, tmp_path):
-    venv, before, _ = own_torch_env
-    python, bin_dir = venv / "bin" / "python", venv / "bin"
-    run([python, "-m", "pip", "uninstall", "-q", "-y", "labo_fairseq"])  # the editable install of setup_env
-    run([python, "-m", "pip", "install", "-q", wheel])  # dependencies resolved: all satisfied, torch kept
-    assert torch_fingerprint(python) == before
-    where = run([python, "-c", "import labo_fairseq; print(labo_fairseq.__file__)"], cwd=tmp_path).stdout.strip()
-    assert where.startswith(str(venv)) and "site-packages" in where  # not the checkout
-    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
-    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"):
-        assert "usage:" in run([bin_dir / command, "--help"], env=env, cwd=tmp_path).stdout
-    assert "multi30k-cpu" in run([bin_dir / "labo-experiment", "--help"], env=env, cwd=tmp_path).stdout
-    recipe = write_recipe(tmp_path / "recipe.toml", toy_data_bin)
-    proc = run([bin_dir / "labo-experiment", recipe], env=env, cwd=tmp_path)
-    out = tmp_path / "runs" / "wheel"  # the default output is under the working directory
-    assert (out / "report" / "REPORT.md").is_file(), proc.stdout[-3000:]
-    for run_name in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
-        scores = json.loads((out / run_name / "eval" / "test" / "scores.json").read_text())
-        assert scores["num_sentences"] == 40
-        assert (out / run_name / "eval" / "test" / "longtail.json").is_file()
-    command = (out / "labo-a0.1-tau1.25-seed1" / "command.sh").read_text()
-    assert f"--user-dir {Path(where).parent}" in command
-
-
 def test_offline_wheelhouse_installs_without_an_index(tmp_path):
     subset = tmp_path / "subset.txt"
     subset.write_text("tabulate==0.10.0\nsix==1.17.0\nsetuptools==80.9.0\nwheel==0.45.1\n")
@@ -243,7 +219,26 @@ def test_offline_wheelhouse_installs_without_an_index(tmp_path):
     run([venv / "bin" / "python", "-c", "import tabulate, six, labo_fairseq"], cwd="/")
 
 
-def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
+@pytest.fixture(scope="module")
+def wheel_env(wheel, tmp_path_factory):
+    """A user's environment, step by step: torch; `pip install` of the wheel alone (its declared
+    dependencies); a command that needs fairseq; `labo-install-fairseq`. Returns the venv, the
+    environment variables of its shell and {step: what it printed}."""
+    root = tmp_path_factory.mktemp("wheel-env")
+    venv = root / "env"
+    python = venv_with_torch(venv)
+    run([python, "-m", "pip", "install", "-q", wheel])
+    env = clean_env(PATH=f"{venv / 'bin'}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
+    steps = {"missing": run([python, "-c", "import importlib.util as u; print([m for m in ('Cython', 'wheel', "
+                                          "'fairseq') if u.find_spec(m) is None])"], cwd=root).stdout.strip(),
+             "prepare": run([venv / "bin" / "labo-prepare", "multi30k", "--out", root / "data"], env=env, cwd=root,
+                            check=False),
+             "data made": (root / "data").exists(),
+             "install": run([venv / "bin" / "labo-install-fairseq"], env=env, cwd=root)}
+    return venv, env, steps
+
+
+def test_wheel_installs_its_own_patched_fairseq(wheel_env, tmp_path):
     """The wheel alone, in an environment with only torch: the commands that run fairseq stop at once
     and name labo-install-fairseq, which installs its build requirements, downloads the fairseq
     sdist, applies the patch it ships and installs it (the compiled wheel is shared through the
@@ -251,19 +246,15 @@ def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
     labo-prepare tokenised and learned BPE and then failed on "fairseq-preprocess not found", and
     labo-evaluate named scripts/install_fairseq.sh, which the wheel does not ship (and which needed
     cython and wheel)."""
-    venv = tmp_path / "env"
-    python, bin_dir = venv_with_torch(venv), venv / "bin"
-    run([python, "-m", "pip", "install", "-q", wheel])
-    env = clean_env(PATH=f"{bin_dir}{os.pathsep}{clean_env()['PATH']}", OMP_NUM_THREADS="1")
-    missing = run([python, "-c", "import importlib.util as u; print([m for m in ('Cython', 'wheel', 'fairseq') "
-                                 "if u.find_spec(m) is None])"], cwd=tmp_path).stdout.strip()
-    assert missing == "['Cython', 'wheel', 'fairseq']"  # what install_fairseq.sh needed first
-    proc = run([bin_dir / "labo-prepare", "multi30k", "--out", tmp_path / "data"], env=env, cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and not (tmp_path / "data").exists()
-    assert proc.stderr.strip().splitlines() == [
+    venv, env, steps = wheel_env
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    assert steps["missing"] == "['Cython', 'wheel', 'fairseq']"  # what install_fairseq.sh needed first
+    refused = steps["prepare"]
+    assert refused.returncode == 2 and not steps["data made"]
+    assert refused.stderr.strip().splitlines() == [
         f"labo-prepare multi30k: error: fairseq 0.12.2 (patched) is not installed for {python}: "
         f"run labo-install-fairseq"]
-    proc = run([bin_dir / "labo-install-fairseq"], env=env, cwd=tmp_path)
+    proc = steps["install"]
     assert "installing the build requirements" in proc.stdout and "Cython" not in proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[install_fairseq] ok: fairseq 0.12.2"
     assert run([bin_dir / "labo-install-fairseq", "--check"], env=env, cwd=tmp_path).returncode == 0
@@ -277,3 +268,25 @@ def test_wheel_installs_its_own_patched_fairseq(wheel, tmp_path):
     assert "building" not in again.stdout and again.stdout.strip().endswith("ok: fairseq 0.12.2")
     run([python, "-c", "import fairseq.options as o, fairseq.data.data_utils_fast; "
                        "assert o.bf16_implies_tpu"], cwd=tmp_path)
+
+
+def test_installed_wheel_runs_the_pipeline(wheel_env, toy_data_bin, tmp_path):
+    """The wheel's declared dependencies and labo-install-fairseq are all a pipeline needs (triton,
+    Transformers and the test tools are extras, not installed here)."""
+    venv, env, _ = wheel_env
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    where = run([python, "-c", "import labo_fairseq; print(labo_fairseq.__file__)"], cwd=tmp_path).stdout.strip()
+    assert where.startswith(str(venv)) and "site-packages" in where  # not the checkout
+    for command in ("labo-prepare", "labo-evaluate", "labo-longtail", "labo-report", "labo-experiment", "labo-bench"):
+        assert "usage:" in run([bin_dir / command, "--help"], env=env, cwd=tmp_path).stdout
+    assert "multi30k-cpu" in run([bin_dir / "labo-experiment", "--help"], env=env, cwd=tmp_path).stdout
+    recipe = write_recipe(tmp_path / "recipe.toml", toy_data_bin)
+    proc = run([bin_dir / "labo-experiment", recipe], env=env, cwd=tmp_path)
+    out = tmp_path / "runs" / "wheel"  # the default output is under the working directory
+    assert (out / "report" / "REPORT.md").is_file(), proc.stdout[-3000:]
+    for run_name in ("ls-a0.1-seed1", "labo-a0.1-tau1.25-seed1"):
+        scores = json.loads((out / run_name / "eval" / "test" / "scores.json").read_text())
+        assert scores["num_sentences"] == 40
+        assert (out / run_name / "eval" / "test" / "longtail.json").is_file()
+    command = (out / "labo-a0.1-tau1.25-seed1" / "command.sh").read_text()
+    assert f"--user-dir {Path(where).parent}" in command
