@@ -400,8 +400,10 @@ def test_reading_and_planning_a_labo_recipe_imports_no_torch(toy_data_bin, tmp_p
     code = ("import sys; from labo_fairseq.experiment import load_recipe, plan_runs; "
             "from labo_fairseq.experiment.runner import gpu_slots; "
             f"from pathlib import Path; plan_runs(load_recipe(Path({str(recipe)!r})), Path({str(tmp_path / 'exp')!r})); "
-            "assert gpu_slots(1) == [None]; print('torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            "assert gpu_slots(2) == [None, None]; print('torch' in sys.modules)")
+    # one visible GPU (or none): nothing to count, also on a machine with several
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES="0"))
     assert proc.stdout.strip() == "False", proc.stderr
 
 
@@ -410,8 +412,11 @@ def test_parallel_runs_take_the_visible_gpus_in_turn(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 1")
     assert gpu_slots(3) == ["0", "1", "0"]
-    assert gpu_slots(1) == [None]  # one run at a time inherits the environment
+    assert gpu_slots(1) == ["0"]  # one run at a time still trains on one GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert gpu_slots(2) == [None, None]  # one GPU: the environment as it is
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr("labo_fairseq.experiment.runner.gpu_driver_present", lambda: False)
     assert gpu_slots(2) == [None, None]
 
 

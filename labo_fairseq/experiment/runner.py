@@ -3,6 +3,7 @@ here (LocalLauncher) runs them on this machine, up to --jobs at once in a thread
 training and evaluation a child process. Another launcher (a cluster's scheduler) replaces it by
 running execute_run for each run wherever it likes and returning the same record."""
 import concurrent.futures
+import glob
 import os
 import signal
 import threading
@@ -62,14 +63,20 @@ def refuse_runs_with_live_jobs(runs: Sequence[RunPlan]) -> None:
                             f"the job ended), or remove that directory to train the run here")
 
 
+def gpu_driver_present() -> bool:
+    """Whether this machine shows an NVIDIA or AMD GPU driver (its device files), read without torch."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/proc/driver/nvidia/gpus") \
+        or os.path.exists("/dev/kfd")
+
+
 def gpu_slots(jobs: int) -> List[Optional[str]]:
     """CUDA_VISIBLE_DEVICES value for each of `jobs` worker slots: round-robin over the visible
     GPUs when there are several, else None (inherit the environment)."""
-    if jobs < 2:  # nothing to share out, and no torch import (seconds) to count GPUs
-        return [None] * jobs
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         devices = [d.strip() for d in visible.split(",") if d.strip()]
+    elif not gpu_driver_present():  # no GPU: no need to import torch (seconds) to count them
+        devices = []
     else:
         try:
             import torch
