@@ -505,6 +505,7 @@ def print_model(args, shapes):
 
 def main(argv=None, prog="labo-bench loss"):
     from labo_fairseq.arguments import output_file
+    from labo_fairseq.labo_scalars import TAU_MIN
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -555,8 +556,6 @@ def main(argv=None, prog="labo-bench loss"):
     if args.worker:
         args.dim = args.dim or 512
         return worker(args)
-
-    from labo_fairseq.functional import TAU_MIN
 
     if not 0.0 <= args.alpha < 1.0:
         p.error(f"--alpha: must be in [0, 1), got {args.alpha}")
