@@ -59,7 +59,7 @@ def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict
     fairseq's `BLEU4 = ...` line. Hypotheses and references are equally many (> 0) lines."""
     if len(hypotheses) != len(references) or not hypotheses:
         raise EvaluationError(f"tokenized BLEU needs equally many (>0) hypotheses and references, "
-                         f"got {len(hypotheses)} and {len(references)}")
+                              f"got {len(hypotheses)} and {len(references)}")
     stats = corpus_statistics(hypotheses, references)
     precisions = [m / t if t > 0 else 0 for m, t in zip(stats["matches"], stats["totals"])]
     sys_len, ref_len = stats["sys_len"], stats["ref_len"]

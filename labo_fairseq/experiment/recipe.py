@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.errors import UserError
-from labo_fairseq.labo_scalars import TAU_MIN
 from labo_fairseq.evaluation.runs import (BEST_CHECKPOINT, LAST_CHECKPOINT, encode_hyperparameter,
                                           format_hyperparameter)
+from labo_fairseq.labo_scalars import TAU_MIN
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fairseq's --user-dir, in a checkout or installed
 REPO = PACKAGE_DIR.parent
