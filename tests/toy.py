@@ -1,4 +1,5 @@
 """Helpers shared by tests that drive the real command-line tools on a tiny synthetic task."""
+import json
 import os
 import random
 import re
@@ -84,8 +85,6 @@ def fairseq_train_runs(runs, timeout=300):
     """[(args, cwd)] -> [CompletedProcess] of `fairseq-train ARGS` run in cwd, one after another in
     a single Python process (tests/fairseq_train_batch.py): for refusals, which fail in a moment
     after seconds of importing fairseq."""
-    import json
-
     request = json.dumps([{"argv": [str(a) for a in args], "cwd": str(cwd or REPO_ROOT)} for args, cwd in runs])
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fairseq_train_batch.py")], input=request,
